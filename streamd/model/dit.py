@@ -1,0 +1,456 @@
+"""The LongCat-Video diffusion transformer (DiT), with its video-continuation KV cache.
+
+The forward is pure: latents, per-frame timesteps and text in, the raw model output out (the sampler negates it).
+Parameter names follow the published checkpoint so that its state dict loads strictly.
+
+Video continuation: the first `num_cond_latents` latent frames are clean conditioning frames (timestep 0). Their
+tokens attend only to each other and get no cross-attention, so their hidden states never depend on the noise
+frames, the text or the guidance branch. `prefill` runs them once and stores each block's K (after the q/k norm,
+before RoPE) and V in a `KVCache`; later forwards over the noise frames alone attend to [cache ; own] keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention, masked_attention
+from .config import DiTConfig
+from .kvcache import KVCache
+from .rope import apply_rope, rope_tables
+
+# RoPE tables kept per model instance: one entry per (grid, offset, device) in use. Streams at a handful of
+# resolutions need a handful of entries; the bound keeps a client that cycles sizes from growing it.
+_ROPE_CACHE_ENTRIES = 16
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply a linear layer in fp32 whatever the model dtype (modulation paths are fp32 in the reference)."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dim, computed in fp32, with a learned per-channel weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def _layer_norm_fp32(x: torch.Tensor, norm: nn.LayerNorm | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm in fp32; affine when `norm` is given (its weight/bias), else without weights. Returns fp32."""
+    if norm is None:
+        return F.layer_norm(x.float(), (x.shape[-1],), None, None, eps)
+    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
+    """Affine-free LayerNorm, then per-frame scale/shift (fp32). x: [B, N, C]; shift, scale: [B, F, 1, C]."""
+    b, n, c = x.shape
+    out = _layer_norm_fp32(x).view(b, frames, n // frames, c) * (1 + scale) + shift
+    return out.view(b, n, c).to(x.dtype)
+
+
+def _gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor, frames: int) -> torch.Tensor:
+    """x + gate * update with a per-frame gate, in fp32. x, update: [B, N, C]; gate: [B, F, 1, C]."""
+    b, n, c = x.shape
+    out = x.float() + (gate * update.float().view(b, frames, n // frames, c)).view(b, n, c)
+    return out.to(x.dtype)
+
+
+class PatchEmbed3D(nn.Module):
+    """Conv3d patchify: [B, C, T, H, W] -> tokens [B, T*h*w, hidden] in (T, H, W) order."""
+
+    def __init__(self, patch_size: tuple[int, int, int], in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding ([cos, sin], max period 1e4) of raw t in [0, 1000], then an MLP; fp32."""
+
+    def __init__(self, embed_dim: int, frequency_size: int) -> None:
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # t: [N] -> [N, embed_dim] (fp32)
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        hidden = F.silu(_linear_fp32(self.mlp[0], emb))
+        return _linear_fp32(self.mlp[2], hidden)
+
+
+class CaptionEmbedder(nn.Module):
+    """Projects text-encoder states to the model width: Linear, GELU(tanh), Linear."""
+
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.y_proj = nn.Sequential(nn.Linear(in_channels, hidden), nn.GELU(approximate="tanh"),
+                                    nn.Linear(hidden, hidden))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.y_proj(y)
+
+
+class SelfAttention(nn.Module):
+    """Fused-qkv self-attention with per-head RMSNorm on q and k and 3D RoPE."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [B, N, C] -> q, k (normed, no RoPE), v: [B, heads, N, head_dim]."""
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """[B, heads, N, head_dim] -> projected [B, N, C]."""
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention from video tokens to text tokens (RMSNorm on q and k, no RoPE)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.q_linear = nn.Linear(hidden, hidden)
+        self.kv_linear = nn.Linear(hidden, 2 * hidden)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        # x: [B, N, C]; text: [B, L, C]; text_mask: [B, L] or None
+        b, n, c = x.shape
+        q = self.q_norm(self.q_linear(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
+        k, v = self.kv_linear(text).view(b, text.shape[1], 2, self.heads, self.head_dim).unbind(2)
+        k = self.k_norm(k).transpose(1, 2)
+        out = masked_attention(q, k, v.transpose(1, 2), text_mask)  # [B, heads, N, head_dim]
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class FeedForwardSwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, hidden: int, inner: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(hidden, inner, bias=False)
+        self.w2 = nn.Linear(inner, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, inner, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class LongCatBlock(nn.Module):
+    """One single-stream block: modulated self-attention, cross-attention, modulated SwiGLU."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.adaln_tembed_dim, 6 * hidden))
+        self.pre_crs_attn_norm = nn.LayerNorm(hidden, eps=1e-6, elementwise_affine=True)
+        self.attn = SelfAttention(hidden, config.num_heads)
+        self.cross_attn = CrossAttention(hidden, config.num_heads)
+        self.ffn = FeedForwardSwiGLU(hidden, config.ffn_hidden)
+
+    def modulation(self, t_emb: torch.Tensor) -> list[torch.Tensor]:
+        """t_emb: [B, F, Dt] -> six fp32 tensors [B, F, 1, C]: shift/scale/gate for attention, then for FFN."""
+        return list(_linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(6, dim=-1))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t_emb: torch.Tensor,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        num_cond_tokens: int = 0,
+        cache: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        kv_only: bool = False,
+        return_kv: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run the block.
+
+        x: [B, N, C]; t_emb: [B, F, Dt] with F = frames (or 1 for one timestep per sample);
+        rope: cos/sin [N, head_dim] for this block's query tokens.
+        num_cond_tokens: leading tokens that are conditioning (uncached path); they attend only among themselves
+        and get no cross-attention. cache: (K, V, rope of the cached keys) of conditioning tokens that precede x.
+        kv_only: return this block's (K pre-RoPE, V) and stop (prefill of the last block needs nothing more).
+        return_kv: return (x, K pre-RoPE, V).
+        text None skips cross-attention (conditioning-only forward).
+        """
+        frames = t_emb.shape[1]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_emb)
+
+        q, k, v = self.attn.qkv_heads(_modulate(x, shift_msa, scale_msa, frames))
+        if kv_only:
+            return k, v
+        cos, sin = rope
+        q, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k_cache, v_cache, (cos_c, sin_c) = cache
+            b = q.shape[0]
+            # A batch-1 cache serves every guidance branch: expand is a view; cat makes the one copy SDPA needs.
+            k_all = torch.cat([apply_rope(k_cache, cos_c, sin_c).expand(b, -1, -1, -1), k_rot], dim=2)
+            v_all = torch.cat([v_cache.expand(b, -1, -1, -1), v], dim=2)
+            out = attention(q, k_all, v_all)
+        elif num_cond_tokens > 0:
+            nc = num_cond_tokens
+            out_cond = attention(q[:, :, :nc], k_rot[:, :, :nc], v[:, :, :nc])
+            out_noise = attention(q[:, :, nc:], k_rot, v)
+            out = torch.cat([out_cond, out_noise], dim=2)
+        else:
+            out = attention(q, k_rot, v)
+        x = _gated_residual(x, gate_msa, self.attn.merge(out), frames)
+
+        if text is not None:
+            nc = 0 if cache is not None else num_cond_tokens
+            normed = _layer_norm_fp32(x[:, nc:], self.pre_crs_attn_norm).to(x.dtype)
+            update = self.cross_attn(normed, text, text_mask)
+            # conditioning tokens get a zero cross-attention output
+            x = torch.cat([x[:, :nc], x[:, nc:] + update], dim=1) if nc else x + update
+
+        ffn_out = self.ffn(_modulate(x, shift_mlp, scale_mlp, frames))
+        x = _gated_residual(x, gate_mlp, ffn_out, frames)
+        return (x, k, v) if return_kv else x
+
+
+class FinalLayer(nn.Module):
+    """Per-frame modulated affine-free LayerNorm, then a linear map to one patch of output channels (fp32)."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(config.hidden_size, config.patch_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.adaln_tembed_dim, 2 * config.hidden_size))
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        # x: [B, N, C]; t_emb: [B, F, Dt] -> [B, N, patch_channels] fp32
+        shift, scale = _linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(2, dim=-1)
+        return _linear_fp32(self.linear, _modulate(x.float(), shift, scale, t_emb.shape[1]))
+
+
+class LongCatVideoDiT(nn.Module):
+    """LongCat-Video's transformer.
+
+    forward(latents [B,C,T,H,W], timestep [B,T] (or [B]), text [B,L,D], text_mask [B,L] or None,
+            num_cond_latents=0, kv_cache=None) -> raw model output [B,C_out,T,H,W] in fp32.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.x_embedder = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size)
+        self.t_embedder = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size)
+        self.y_embedder = CaptionEmbedder(config.caption_channels, config.hidden_size)
+        self.blocks = nn.ModuleList(LongCatBlock(config) for _ in range(config.depth))
+        self.final_layer = FinalLayer(config)
+        self._rope_cache: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    # ----------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_config(
+        cls,
+        config: DiTConfig | Mapping[str, Any] | str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "LongCatVideoDiT":
+        """Build with uninitialised weights from a DiTConfig, a config dict or a config.json path.
+
+        `device="meta"` builds the structure without memory (for counting parameters or loading with assign).
+        """
+        if isinstance(config, (str, Path)):
+            config = DiTConfig.from_json(config)
+        elif not isinstance(config, DiTConfig):
+            config = DiTConfig.from_dict(config)
+        with torch.device(device):
+            model = cls(config)
+        return model.to(dtype=dtype).eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        dit_dir: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        loras: Sequence[tuple[str | Path, float]] = (),
+    ) -> "LongCatVideoDiT":
+        """Load `config.json` and single-file or sharded safetensors strictly, then merge LoRAs (path, multiplier)."""
+        from .loading import load_dit  # loading imports this module
+
+        return load_dit(cls, Path(dit_dir), device=device, dtype=dtype, loras=loras)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype (the compute dtype of the matmuls)."""
+        return self.x_embedder.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live."""
+        return self.x_embedder.proj.weight.device
+
+    def latent_grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
+        """Token grid (T, h, w) of latents [B, C, T, H, W], checking the patch size divides H and W."""
+        if latents.ndim != 5:
+            raise ValueError(f"latents must be [B, C, T, H, W], got shape {tuple(latents.shape)}")
+        _, c, t, h, w = latents.shape
+        if c != self.config.in_channels:
+            raise ValueError(f"latents have {c} channels, the model takes {self.config.in_channels}")
+        _, ph, pw = self.config.patch_size
+        if h % ph or w % pw:
+            raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {ph}x{pw}")
+        return t, h // ph, w // pw
+
+    def _rope(self, grid: tuple[int, int, int], t_offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (grid, t_offset, str(device))
+        tables = self._rope_cache.get(key)
+        if tables is None:
+            tables = rope_tables(self.config.head_dim, grid, t_offset, device)
+            self._rope_cache[key] = tables
+            while len(self._rope_cache) > _ROPE_CACHE_ENTRIES:
+                self._rope_cache.popitem(last=False)
+        else:
+            self._rope_cache.move_to_end(key)
+        return tables
+
+    def _embed_time(self, timestep: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """timestep [B] or [B, T] -> t_emb [B, 1 or T, Dt] (fp32). Cast to the model dtype first, as published."""
+        if timestep.ndim == 1:
+            timestep = timestep[:, None]
+        if timestep.ndim != 2 or timestep.shape[0] != batch or timestep.shape[1] not in (1, frames):
+            raise ValueError(f"timestep must be [B] or [B, T] = [{batch}, {frames}], got {tuple(timestep.shape)}")
+        t = timestep.to(self.dtype).float()
+        return self.t_embedder(t.flatten()).view(batch, t.shape[1], -1)
+
+    def _embed_text(
+        self, text: torch.Tensor, text_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != self.config.caption_channels:
+            raise ValueError(
+                f"text must be [B, L, {self.config.caption_channels}] with B = {batch}, got {tuple(text.shape)}"
+            )
+        y = self.y_embedder(text.to(self.dtype))  # [B, L, C]
+        if text_mask is None:
+            return y, None
+        if text_mask.shape != text.shape[:2]:
+            raise ValueError(f"text_mask must be [B, L] = {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+        if self.config.text_tokens_zero_pad:
+            # padded rows are zeroed and then attended like the others
+            return y * (text_mask != 0)[:, :, None].to(y.dtype), None
+        if bool((text_mask.sum(dim=1) == 0).any()):
+            raise ValueError("every text_mask row needs at least one valid token")
+        return y, text_mask
+
+    def _tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.x_embedder(latents.to(self.dtype))  # [B, N, C]
+
+    def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        # x: [B, N, pt*ph*pw*C_out] -> [B, C_out, T*pt, h*ph, w*pw]
+        t, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        c = self.config.out_channels
+        x = x.view(x.shape[0], t, h, w, pt, ph, pw, c)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], c, t * pt, h * ph, w * pw)
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        num_cond_latents: int = 0,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Raw model output for `latents`.
+
+        Without a cache the first `num_cond_latents` frames are conditioning (their timesteps should be 0).
+        With `kv_cache` (from `prefill`) the latents are the noise frames only and `num_cond_latents` must equal
+        the cached frame count; noise frame j then sits at temporal position T_c + j.
+        """
+        b = latents.shape[0]
+        grid = self.latent_grid(latents)
+        t_emb = self._embed_time(timestep.to(latents.device), b, grid[0])
+        y, y_mask = self._embed_text(text, text_mask, b)
+        x = self._tokens(latents)
+        tokens_per_frame = grid[1] * grid[2]
+
+        if kv_cache is not None:
+            if kv_cache.num_latents != num_cond_latents:
+                raise ValueError(
+                    f"num_cond_latents={num_cond_latents} but the cache holds {kv_cache.num_latents} latent frames"
+                )
+            if kv_cache.grid is None or kv_cache.grid[1:] != grid[1:]:
+                raise ValueError(f"the cache was built for grid {kv_cache.grid}, the latents have {grid}")
+            if kv_cache.batch not in (1, b):
+                raise ValueError(f"a cache of batch {kv_cache.batch} cannot serve a batch of {b}")
+            rope = self._rope(grid, num_cond_latents, x.device)
+            rope_cache = self._rope(kv_cache.grid, 0, x.device)
+            for i, block in enumerate(self.blocks):
+                k_c, v_c = kv_cache.layer(i)
+                x = block(x, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache))
+        else:
+            if not 0 <= num_cond_latents <= grid[0]:
+                raise ValueError(f"num_cond_latents={num_cond_latents} is outside 0..{grid[0]}")
+            rope = self._rope(grid, 0, x.device)
+            for block in self.blocks:
+                x = block(x, t_emb, y, y_mask, rope, num_cond_tokens=num_cond_latents * tokens_per_frame)
+
+        return self._unpatchify(self.final_layer(x, t_emb), grid).float()
+
+    @torch.inference_mode()
+    def prefill(self, cond_latents: torch.Tensor, cache: KVCache | None = None) -> KVCache:
+        """Build the conditioning K/V cache: one forward over `cond_latents` [1, C, T_c, H, W] at t = 0, no text.
+
+        With `cache` given, its buffers are refilled in place (no allocation); otherwise a cache sized exactly
+        for this window is allocated.
+        """
+        if cond_latents.ndim != 5 or cond_latents.shape[0] != 1:
+            raise ValueError(f"cond_latents must be [1, C, T_c, H, W], got {tuple(cond_latents.shape)}")
+        grid = self.latent_grid(cond_latents)
+        t, h, w = grid
+        if cache is None:
+            cache = KVCache(self.config, t * h * w, batch=1, device=self.device, dtype=self.dtype)
+        cache.begin_fill(grid)
+        t_emb = self._embed_time(torch.zeros(1, t, device=cond_latents.device), 1, t)
+        x = self._tokens(cond_latents)
+        rope = self._rope(grid, 0, x.device)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if i < last:
+                x, k, v = block(x, t_emb, None, None, rope, return_kv=True)
+            else:
+                k, v = block(x, t_emb, None, None, rope, kv_only=True)
+            cache.write(i, k, v)
+        return cache
