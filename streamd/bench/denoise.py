@@ -1,0 +1,146 @@
+"""`streamd bench denoise`: one denoising step with and without the KV cache, side by side in one run."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..model.bundle import default_dtype
+from ..model.dit import LongCatVideoDiT
+from ..model.presets import PRESETS, LONGCAT_PRESET, build_dit, get_preset
+from ..model.attention import attention_backend
+from .flops import dit_forward_flops
+
+# Dense bf16 tensor-core peaks (FLOP/s) used for the "fraction of peak" figure; keyed by a device-name fragment.
+_BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+@dataclass(frozen=True)
+class DenoiseBenchConfig:
+    """What to measure."""
+
+    model: str = "tiny"
+    cond_latents: int = 4
+    noise_latents: int = 4
+    height: int | None = None
+    width: int | None = None
+    repeats: int = 5
+    device: str | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _load(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[LongCatVideoDiT, int, int, int]:
+    """The DiT, native height, width and text length of an embedded preset or a checkpoint's dit/ folder."""
+    if spec in PRESETS or spec == LONGCAT_PRESET.name:
+        preset = get_preset(spec)
+        return build_dit(preset, device=device, dtype=dtype), preset.height, preset.width, preset.text_max_length
+    root = Path(spec)
+    dit_dir = root / "dit" if (root / "dit").is_dir() else root
+    return LongCatVideoDiT.from_pretrained(dit_dir, device=device, dtype=dtype), 480, 832, 512
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _BF16_PEAKS.items() if k in name), None)
+
+
+@torch.inference_mode()
+def run_denoise_bench(cfg: DenoiseBenchConfig) -> dict[str, Any]:
+    """Time one cached and one uncached denoising step (guidance 1, batch 1), alternating, and compare outputs."""
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = default_dtype(device)
+    dit, height, width, text_len = _load(cfg.model, device, dtype)
+    height, width = cfg.height or height, cfg.width or width
+    if height % 16 or width % 16:
+        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+    c = dit.config
+    h, w = height // 8, width // 8
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, c.in_channels, cfg.cond_latents, h, w, generator=gen).to(device)
+    noise = torch.randn(1, c.in_channels, cfg.noise_latents, h, w, generator=gen).to(device)
+    text = torch.randn(1, text_len, c.caption_channels, generator=gen).to(device, dtype)
+    mask = torch.ones(1, text_len, dtype=torch.int64, device=device)
+    t_noise = torch.full((1, cfg.noise_latents), 500.0, device=device)
+    t_full = torch.cat([torch.zeros(1, cfg.cond_latents, device=device), t_noise], dim=1)
+    full = torch.cat([cond, noise], dim=2)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prefill_s = [_time(lambda: dit.prefill(cond), device) for _ in range(2)][-1]
+    cache = dit.prefill(cond)
+
+    def cached() -> torch.Tensor:
+        return dit(noise, t_noise, text, mask, num_cond_latents=cfg.cond_latents, kv_cache=cache)
+
+    def uncached() -> torch.Tensor:
+        return dit(full, t_full, text, mask, num_cond_latents=cfg.cond_latents)[:, :, cfg.cond_latents:]
+
+    out_cached, out_uncached = cached(), uncached()  # warm-up, and the outputs compared below
+    cached_s, uncached_s = [], []
+    for _ in range(cfg.repeats):  # alternate so drifting machine load hits both paths alike
+        cached_s.append(_time(cached, device))
+        uncached_s.append(_time(uncached, device))
+    step_cached, step_uncached = statistics.median(cached_s), statistics.median(uncached_s)
+
+    tokens_per_frame = (h // c.patch_size[1]) * (w // c.patch_size[2])
+    flops = {
+        kind: dit_forward_flops(c, 1, tokens_per_frame, cfg.cond_latents, cfg.noise_latents, text_len, kind)
+        for kind in (True, False)
+    }
+    diff = (out_cached.float() - out_uncached.float()).abs().max().item()
+    result: dict[str, Any] = {
+        "bench": "denoise",
+        "model": cfg.model,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "attention": attention_backend(device, dtype),
+        "threads": torch.get_num_threads(),
+        "height": height,
+        "width": width,
+        "cond_latents": cfg.cond_latents,
+        "noise_latents": cfg.noise_latents,
+        "tokens_cached": cfg.noise_latents * tokens_per_frame,
+        "tokens_uncached": (cfg.cond_latents + cfg.noise_latents) * tokens_per_frame,
+        "repeats": cfg.repeats,
+        "prefill_s": prefill_s,
+        "cached_step_s": step_cached,
+        "uncached_step_s": step_uncached,
+        "speedup": step_uncached / step_cached,
+        "flop_speedup": flops[False] / flops[True],
+        "cached_step_flops": flops[True],
+        "uncached_step_flops": flops[False],
+        "cached_tflops_per_s": flops[True] / step_cached / 1e12,
+        "uncached_tflops_per_s": flops[False] / step_uncached / 1e12,
+        "max_abs_diff": diff,
+        "output_rms": out_uncached.float().pow(2).mean().sqrt().item(),
+        "kv_cache_bytes": cache.nbytes,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    peak = _peak_flops(device)
+    if peak:
+        result["peak_bf16_flops"] = peak
+        result["cached_fraction_of_peak"] = flops[True] / step_cached / peak
+        result["uncached_fraction_of_peak"] = flops[False] / step_uncached / peak
+    if device.type == "cuda":
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result

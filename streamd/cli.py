@@ -1,0 +1,175 @@
+"""The `streamd` command: continue, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("streamd")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="embedded model (tiny, small) or a LongCat-Video checkpoint folder")
+    p.add_argument("--prompt", default="", help="text prompt")
+    p.add_argument("--negative-prompt", default="", help="negative prompt (guidance > 1)")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    p.add_argument("--schedule", help="base, enhance_hf, distilled or refine (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    p.add_argument("--chunk-latents", type=_positive_int, default=4, help="latent frames per segment (4 = 16 frames)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--no-kv-cache", action="store_true", help="run the uncached block-causal path")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="streamd", description="Live streaming video continuation (LongCat-Video)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("continue", help="continue a video file, LongCat style, and write an MP4")
+    p.add_argument("input", type=Path, help="input video file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output MP4")
+    p.add_argument("--segments", type=_positive_int, default=2, help="segments to generate")
+    _add_sampling_args(p)
+
+    p = sub.add_parser("demo", help="generate a clip, continue it on the embedded model, write MP4 + contact sheet")
+    p.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    p.add_argument("--segments", type=_positive_int, default=3, help="segments to generate")
+    _add_sampling_args(p)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON output)")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    p = bsub.add_parser("denoise", help="one denoising step with and without the KV cache")
+    p.add_argument("--model", default="tiny", help="tiny, small, longcat-13.6b-random or a checkpoint folder")
+    p.add_argument("--cond-latents", type=_positive_int, default=4)
+    p.add_argument("--noise-latents", type=_positive_int, default=4)
+    p.add_argument("--height", type=_positive_int)
+    p.add_argument("--width", type=_positive_int)
+    p.add_argument("--repeats", type=_positive_int, default=5)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
+    return parser
+
+
+def _progress_bar(total_label: str):  # -> (callback, close)
+    from tqdm import tqdm
+
+    bar = tqdm(desc=total_label, unit="step", file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _pipeline_and_params(args: argparse.Namespace):
+    import torch
+
+    from .pipeline import ContinuationPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = ContinuationPipeline.from_spec(args.model, device=device)
+    overrides = {k: v for k, v in (("steps", args.steps), ("schedule", args.schedule),
+                                   ("guidance", args.guidance)) if v is not None}
+    params = pipeline.default_params(
+        **overrides, seed=args.seed, negative_prompt=args.negative_prompt,
+        noise_latents=args.chunk_latents, use_kv_cache=not args.no_kv_cache,
+    )
+    return pipeline, params
+
+
+def _describe(pipeline) -> str:
+    b = pipeline.bundle
+    note = " -- an UNTRAINED architecture model: expect structured noise, not a real continuation" if b.embedded else ""
+    return f"model: {b.name} ({b.description}){note}"
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    """`streamd continue`: long-video continuation of a file."""
+    from .longvideo import continue_file
+
+    pipeline, params = _pipeline_and_params(args)
+    print(_describe(pipeline), file=sys.stderr)
+    update, close = _progress_bar("denoising")
+    try:
+        report = continue_file(pipeline, args.input, args.output, args.prompt, params, args.segments,
+                               progress=update)
+    finally:
+        close()
+    print(f"wrote {report.output}: {report.input_frames} conditioning + {report.generated_frames} generated frames "
+          f"at {report.width}x{report.height}, {report.fps:g} fps, in {report.seconds:.1f} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`streamd demo`: synthesise a clip, continue it, write the MP4 and a contact sheet."""
+    from .longvideo import continue_file
+    from .media import contact_sheet, read_video, synthetic_clip, write_video
+
+    pipeline, params = _pipeline_and_params(args)
+    print(_describe(pipeline), file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = args.out / "input.mp4"
+    clip = synthetic_clip(33, pipeline.bundle.height, pipeline.bundle.width, fps=15.0, seed=args.seed)
+    write_video(source, clip.frames, fps=clip.fps)
+    output = args.out / "continued.mp4"
+    update, close = _progress_bar("denoising")
+    try:
+        report = continue_file(pipeline, source, output, args.prompt, params, args.segments, progress=update)
+    finally:
+        close()
+    sheet = args.out / "contact_sheet.png"
+    contact_sheet(read_video(output).frames, path=sheet)
+    fps = report.generated_frames / report.seconds
+    print(f"input clip:    {source}")
+    print(f"continuation:  {output} ({report.input_frames} conditioning + {report.generated_frames} generated frames, "
+          f"{report.width}x{report.height})")
+    print(f"contact sheet: {sheet}")
+    print(f"speed:         {fps:.1f} generated frames/s on {pipeline.device}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`streamd bench ...`: print one JSON object."""
+    from .bench.denoise import DenoiseBenchConfig, run_denoise_bench
+
+    if args.bench == "denoise":
+        result = run_denoise_bench(DenoiseBenchConfig(
+            model=args.model, cond_latents=args.cond_latents, noise_latents=args.noise_latents,
+            height=args.height, width=args.width, repeats=args.repeats, device=args.device,
+        ))
+    else:  # pragma: no cover - argparse restricts the choices
+        raise SystemExit(f"unknown benchmark {args.bench}")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `streamd` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = {"continue": cmd_continue, "demo": cmd_demo, "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"streamd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
