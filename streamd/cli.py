@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
+    p = bsub.add_parser("stream", help="N live streams from a synthetic real-time source through the engine")
+    p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
+    p.add_argument("--streams", type=_positive_int, default=1)
+    p.add_argument("--chunks", type=_positive_int, default=40, help="chunks in all, over every stream")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     return parser
 
 
@@ -79,16 +87,13 @@ def _progress_bar(total_label: str):  # -> (callback, close)
 def _pipeline_and_params(args: argparse.Namespace):
     import torch
 
+    from .engine.core import StreamParams
     from .pipeline import ContinuationPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = ContinuationPipeline.from_spec(args.model, device=device)
-    overrides = {k: v for k, v in (("steps", args.steps), ("schedule", args.schedule),
-                                   ("guidance", args.guidance)) if v is not None}
-    params = pipeline.default_params(
-        **overrides, seed=args.seed, negative_prompt=args.negative_prompt,
-        noise_latents=args.chunk_latents, use_kv_cache=not args.no_kv_cache,
-    )
+    params = StreamParams(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
+                          steps=args.steps, schedule=args.schedule, seed=args.seed)
     return pipeline, params
 
 
@@ -106,8 +111,8 @@ def cmd_continue(args: argparse.Namespace) -> int:
     print(_describe(pipeline), file=sys.stderr)
     update, close = _progress_bar("denoising")
     try:
-        report = continue_file(pipeline, args.input, args.output, args.prompt, params, args.segments,
-                               progress=update)
+        report = continue_file(pipeline, args.input, args.output, params, args.segments,
+                               chunk_latents=args.chunk_latents, use_kv_cache=not args.no_kv_cache, progress=update)
     finally:
         close()
     print(f"wrote {report.output}: {report.input_frames} conditioning + {report.generated_frames} generated frames "
@@ -129,7 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     output = args.out / "continued.mp4"
     update, close = _progress_bar("denoising")
     try:
-        report = continue_file(pipeline, source, output, args.prompt, params, args.segments, progress=update)
+        report = continue_file(pipeline, source, output, params, args.segments, chunk_latents=args.chunk_latents,
+                               progress=update)
     finally:
         close()
     sheet = args.out / "contact_sheet.png"
@@ -146,8 +152,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """`streamd bench ...`: print one JSON object."""
     from .bench.denoise import DenoiseBenchConfig, run_denoise_bench
+    from .bench.stream import StreamBenchConfig, run_stream_bench
 
-    if args.bench == "denoise":
+    if args.bench == "stream":
+        result = run_stream_bench(StreamBenchConfig(
+            model=args.model, streams=args.streams, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
+            device=args.device,
+        ))
+    elif args.bench == "denoise":
         result = run_denoise_bench(DenoiseBenchConfig(
             model=args.model, cond_latents=args.cond_latents, noise_latents=args.noise_latents,
             height=args.height, width=args.width, repeats=args.repeats, device=args.device,

@@ -1,4 +1,8 @@
-"""Long-video continuation of a file, LongCat style: the last 13 frames condition each next segment."""
+"""Long-video continuation of a file, LongCat style, run through the streaming engine.
+
+A file is a stream that is never late: its last 13 frames are the live input of the first chunk; every later
+segment is conditioned on the stream's own output (the engine's autoregressive continuation).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-
+from .engine.core import EngineConfig, EngineCore, StreamParams
+from .engine.window import Policy, Source
 from .media import VideoWriter, fit_frames, read_video
-from .pipeline import ChunkParams, ContinuationPipeline
+from .pipeline import ContinuationPipeline
 
-COND_FRAMES = 13  # 4 latent frames, as LongCat-Video conditions its continuation
+STREAM_ID = "file"
 
 
 @dataclass(frozen=True)
@@ -34,40 +37,41 @@ def continue_file(
     pipeline: ContinuationPipeline,
     source: Path,
     output: Path,
-    prompt: str,
-    params: ChunkParams,
+    params: StreamParams,
     segments: int,
-    cond_frames: int = COND_FRAMES,
+    chunk_latents: int = 4,
+    use_kv_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> ContinueReport:
     """Continue `source` by `segments` chunks and write [conditioning frames ; continuation] to `output` (MP4).
 
-    Frames are scaled and centre-cropped to the model's resolution. Each segment is conditioned on the last
-    `cond_frames` frames of what exists so far (pixel-space chaining, as the reference long-video demo does).
-    `progress(done, total)` counts denoising steps over the whole run.
+    Frames are scaled and centre-cropped to the model's resolution. `progress(done, total)` counts denoising
+    steps over the whole run.
     """
     if segments < 1:
         raise ValueError("segments must be at least 1")
+    engine = EngineCore(pipeline, EngineConfig(chunk_latents=chunk_latents, use_kv_cache=use_kv_cache, max_streams=1))
+    state = engine.add_stream(STREAM_ID, params.updated(policy=Policy.AUTO))
+    cond_frames = state.window.cond_frames
     clip = read_video(source, last=cond_frames)
     if clip.frames.shape[0] < cond_frames:
         raise ValueError(f"{source} has {clip.frames.shape[0]} frames; continuation needs at least {cond_frames}")
-    height, width = pipeline.bundle.height, pipeline.bundle.width
-    window = fit_frames(clip.frames, height, width)
-    fps = clip.fps or 15.0
-    generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-    steps_per_segment = len(pipeline.schedule(params).timesteps)
+    window = fit_frames(clip.frames, state.height, state.width)
+    for frame in window:
+        engine.push_frame(STREAM_ID, frame)
+    steps = len(pipeline.schedule(engine.chunk_params(state)).timesteps)
     started = time.perf_counter()
     generated = 0
-    with VideoWriter(output, fps=fps) as writer:
+    with VideoWriter(output, fps=clip.fps or 15.0) as writer:
         writer.write(window)
         for segment in range(segments):
             def step_progress(done: int, total: int, _seg: int = segment) -> None:
                 if progress is not None:
-                    progress(_seg * steps_per_segment + done, segments * steps_per_segment)
+                    progress(_seg * steps + done, segments * steps)
 
-            chunk = pipeline.generate_chunk(window, prompt, params, generator=generator, progress=step_progress)
+            chunk = engine.step(progress=step_progress)
+            assert chunk is not None and chunk.source is (Source.LIVE if segment == 0 else Source.SELF)
             writer.write(chunk.frames)
             generated += len(chunk.frames)
-            window = np.concatenate([window, chunk.frames])[-cond_frames:]
-    return ContinueReport(output, cond_frames, generated, segments, fps, height, width,
+    return ContinueReport(output, cond_frames, generated, segments, clip.fps or 15.0, state.height, state.width,
                           time.perf_counter() - started)

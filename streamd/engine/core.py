@@ -19,7 +19,7 @@ import torch
 
 from ..media import fit_frames
 from ..model.kvcache import KVCache
-from ..pipeline import ChunkParams, ContinuationPipeline
+from ..pipeline import ChunkParams, ContinuationPipeline, ProgressFn
 from ..sampling import SCHEDULE_NAMES
 from .kvcache import AdmissionError, MemoryBudget, activation_reserve, default_budget, stream_footprint
 from .window import Chaining, ChunkPlan, ConditioningWindow, Policy, Source
@@ -81,6 +81,7 @@ class EngineConfig:
     min_fresh: int | None = None  # live frames needed since the last chunk for live conditioning (None: window)
     memory_budget_bytes: int | None = None  # stream memory; None: derived from the device
     max_streams: int = 8
+    use_kv_cache: bool = True  # False runs the uncached block-causal path (for comparison)
 
     def __post_init__(self) -> None:
         if not 1 <= self.cond_latents <= 16 or not 1 <= self.chunk_latents <= 64:
@@ -240,7 +241,8 @@ class EngineCore:
         overrides = {k: v for k, v in (("steps", p.steps), ("schedule", p.schedule), ("guidance", p.guidance))
                      if v is not None}
         return self.pipeline.default_params(**overrides, negative_prompt=p.negative_prompt,
-                                            noise_latents=self.config.chunk_latents)
+                                            noise_latents=self.config.chunk_latents,
+                                            use_kv_cache=self.config.use_kv_cache)
 
     def _generator(self, state: StreamState, chunk: int) -> torch.Generator:
         gen = torch.Generator()
@@ -262,8 +264,11 @@ class EngineCore:
             cond = cond + state.params.cond_noise * noise
         return cond
 
-    def step(self) -> ChunkOutput | None:
-        """Generate the next chunk of the next ready stream, or return None when no stream is ready."""
+    def step(self, progress: ProgressFn | None = None) -> ChunkOutput | None:
+        """Generate the next chunk of the next ready stream, or return None when no stream is ready.
+
+        `progress(done, total)` is called after each denoising step.
+        """
         state = self._next_ready()
         if state is None:
             return None
@@ -275,8 +280,8 @@ class EngineCore:
         gen = self._generator(state, plan.chunk)
         params = self.chunk_params(state)
         cond = self._cond_latents(state, plan, gen)
-        self.pipeline.prefill(cond, cache=state.cache)
-        new = self.pipeline.denoise(cond, state.params.prompt, params, cache=state.cache, generator=gen)
+        cache = self.pipeline.prefill(cond, cache=state.cache) if params.use_kv_cache else None
+        new = self.pipeline.denoise(cond, state.params.prompt, params, cache=cache, generator=gen, progress=progress)
         frames = self.pipeline.decode_continuation(cond, new)
         if state.params.chaining is Chaining.LATENT:
             state.last_latents = torch.cat([cond, new.to(cond.dtype)], dim=2)[:, :, -self.config.cond_latents:]

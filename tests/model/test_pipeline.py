@@ -100,3 +100,13 @@ def test_bench_denoise_json() -> None:
         assert key in result
     assert result["max_abs_diff"] < 1e-4 and result["output_rms"] > 0.1
     assert result["flop_speedup"] > 1.5
+
+
+def test_bench_stream_json() -> None:
+    proc = run_cli("bench", "stream", "--json", "--streams", "2", "--chunks", "12", "--steps", "1")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for key in ("chunks", "frames_out", "rtf", "chunk_latency_p50_s", "chunk_latency_p95_s", "frames_dropped",
+                "rss_growth_bytes"):
+        assert key in result
+    assert result["chunks"] == 12 and result["frames_out"] == 12 * 16 and result["rtf"] > 0
