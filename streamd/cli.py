@@ -49,6 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=_positive_int, default=3, help="segments to generate")
     _add_sampling_args(p)
 
+    p = sub.add_parser("serve", help="run the daemon: WHIP in, ZeroMQ out")
+    p.add_argument("--config", type=Path, help="TOML config file (STREAMD_* variables and flags override it)")
+    p.add_argument("--model", help="embedded model (tiny, small) or a checkpoint folder (default tiny)")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:8787)")
+    p.add_argument("--zmq", metavar="ENDPOINT", help="ZeroMQ publisher endpoint (default tcp://127.0.0.1:5557)")
+    p.add_argument("--token", help="bearer token required on WHIP requests")
+    p.add_argument("--max-streams", type=_positive_int, help="live streams at most (default 4)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--ice-address", action="append", help="offer ICE host candidates only on this address")
+
+    p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
+    p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
+    p.add_argument("--token", help="bearer token")
+    p.add_argument("--source", default="testsrc", help="testsrc (a synthetic pattern) or a video file")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to send")
+    p.add_argument("--size", default="320x240", help="testsrc size WxH")
+    p.add_argument("--ice-address", action="append", help="offer ICE host candidates only on this address")
+
+    p = sub.add_parser("subscribe", help="receive generated frames over ZeroMQ, write MP4 or PNGs")
+    p.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5557")
+    p.add_argument("--stream", help="one stream id (default: the first stream seen)")
+    p.add_argument("-o", "--output", type=Path, help="MP4 to write")
+    p.add_argument("--png-dir", type=Path, help="folder for one PNG per frame")
+    p.add_argument("--frames", type=_positive_int, help="stop after this many frames")
+    p.add_argument("--timeout", type=float, default=30.0, help="stop when nothing arrives for this long (s)")
+
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
     p = bsub.add_parser("denoise", help="one denoising step with and without the KV cache")
@@ -170,15 +196,67 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--http must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`streamd serve`: run the daemon until SIGTERM/SIGINT."""
+    import asyncio
+    import os
+
+    from .app import Daemon
+    from .config import ServeConfig
+
+    overrides: dict[str, object] = {
+        "model.spec": args.model, "model.device": args.device, "zmq.endpoint": args.zmq, "http.token": args.token,
+        "max_streams": args.max_streams,
+        "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
+    }
+    if args.http:
+        overrides["http.host"], overrides["http.port"] = _host_port(args.http)
+    config = ServeConfig.load(args.config, dict(os.environ), overrides)
+    logging.getLogger().setLevel(config.log_level.upper() if not args.verbose else "DEBUG")
+    return asyncio.run(Daemon(config).run())
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """`streamd send`: a WHIP client."""
+    import asyncio
+
+    from .clients.send import send
+
+    width, _, height = args.size.partition("x")
+    report = asyncio.run(send(args.url, token=args.token, source=args.source, seconds=args.seconds,
+                              width=int(width), height=int(height), ice_addresses=tuple(args.ice_address or ())))
+    print(f"sent {report.frames_sent} frames as stream {report.stream_id} in {report.seconds:.1f} s")
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    """`streamd subscribe`: a ZeroMQ subscriber writing MP4 or PNGs."""
+    from .clients.subscribe import subscribe
+
+    report = subscribe(args.endpoint, stream=args.stream, frames=args.frames, output=args.output,
+                       png_dir=args.png_dir, timeout_s=args.timeout)
+    print(f"received {report.frames} frames from {', '.join(sorted(report.streams)) or 'no stream'} "
+          f"({report.gaps} lost, {report.invalid} invalid) in {report.seconds:.1f} s")
+    return 0 if report.frames else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamd` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = {"continue": cmd_continue, "demo": cmd_demo, "bench": cmd_bench}
+    handlers = {"continue": cmd_continue, "demo": cmd_demo, "bench": cmd_bench, "serve": cmd_serve,
+                "send": cmd_send, "subscribe": cmd_subscribe}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"streamd {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,184 @@
+"""The daemon's lifecycle: load the model, start the engine and the edges, serve, shut down in order.
+
+Start: model -> engine thread -> ZeroMQ publisher -> HTTP listener (listening only once the model is loaded).
+Stop (SIGTERM/SIGINT only set a flag): refuse new sessions -> end every session (reason `shutdown`) -> stop
+the HTTP listener -> stop the engine thread -> close the ZeroMQ socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .config import ServeConfig
+from .edges.http import StreamHooks, WhipEndpoint, build_app
+from .edges.metrics import CONTENT_TYPE, Metrics
+from .edges.webrtc import restrict_host_addresses
+from .edges.zmq import CurveConfig, FramePublisher
+from .engine.core import EngineConfig, EngineCore, StreamParams
+from .engine.runner import EngineRunner
+from .pipeline import ContinuationPipeline
+
+log = logging.getLogger("streamd")
+
+
+class Daemon:
+    """One streamd instance: engine, WHIP ingest, ZeroMQ publisher, health and metrics."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.state = "starting"  # starting -> online -> stopping -> offline
+        self.pipeline: ContinuationPipeline | None = None
+        self.runner: EngineRunner | None = None
+        self.publisher: FramePublisher | None = None
+        self.whip: WhipEndpoint | None = None
+        self._http: web.AppRunner | None = None
+        self._publish_task: asyncio.Task[None] | None = None
+        self.stop_requested = asyncio.Event()
+        self.metrics = Metrics(self._readings)
+
+    # ------------------------------------------------------------------------------------------ readings
+    def _readings(self) -> dict[str, Any]:
+        runner, pub = self.runner, self.publisher
+        return {
+            "dropped": dict(runner.drops) if runner else {},
+            "generated": runner.frames_generated if runner else 0,
+            "chunks": runner.chunks if runner else 0,
+            "published": pub.published if pub else 0,
+            "subscribers": pub.subscribers if pub else 0,
+            "streams": sum(1 for s in self.whip.sessions.values() if s.went_live) if self.whip else 0,
+            "ready": 1 if self.runner is not None else 0,
+        }
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): the model is loaded and the engine thread makes progress."""
+        if self.state == "starting" or self.runner is None:
+            return False, "model-loading"
+        if self.state in ("stopping", "offline"):
+            return False, "shutting-down"
+        if not self.runner.alive or self.runner.error is not None:
+            return False, "engine-stopped"
+        if time.monotonic() - self.runner.last_progress > self.config.engine.stall_timeout_s:
+            return False, "engine-stalled"
+        return True, ""
+
+    # ------------------------------------------------------------------------------------------ stream hooks
+    def _stream_params(self) -> StreamParams:
+        e = self.config.engine
+        return StreamParams(prompt=e.prompt, steps=e.steps, guidance=e.guidance)
+
+    async def _open_stream(self, stream_id: str) -> None:
+        assert self.runner is not None
+        params = self._stream_params()
+        await self.runner.call(lambda core: core.add_stream(stream_id, params))
+        self.runner.open_slot(stream_id)
+
+    async def _close_stream(self, stream_id: str, reason: str, was_live: bool) -> None:
+        assert self.runner is not None and self.publisher is not None
+        self.runner.close_slot(stream_id)
+        if self.runner.alive:
+            await self.runner.call(lambda core: core.remove_stream(stream_id))
+        else:
+            self.runner.core.remove_stream(stream_id)
+        if was_live:
+            self.publisher.publish_event("session-ended", stream_id, reason=reason)
+        self.publisher.forget_stream(stream_id)
+        self.metrics.sessions.labels(reason).inc()
+
+    def _session_live(self, stream_id: str) -> None:
+        assert self.pipeline is not None and self.publisher is not None
+        bundle = self.pipeline.bundle
+        self.publisher.publish_event("session-started", stream_id, width=bundle.width, height=bundle.height)
+
+    def _push_frame(self, stream_id: str, frame: Any) -> None:
+        assert self.runner is not None
+        self.metrics.frames_received.inc()
+        self.runner.push_frame(stream_id, frame)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the model, start the engine and the edges; raises when a listener cannot bind."""
+        cfg = self.config
+        restrict_host_addresses(cfg.webrtc.host_addresses)
+        started = time.perf_counter()
+        log.info("loading model %s", cfg.model.spec)
+        self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device)
+        bundle = self.pipeline.bundle
+        log.info("model %s loaded in %.1f s on %s (%s)%s", bundle.name, time.perf_counter() - started,
+                 self.pipeline.device, bundle.description,
+                 " -- untrained: output is structured noise" if bundle.embedded else "")
+        e = cfg.engine
+        core = EngineCore(self.pipeline, EngineConfig(
+            cond_latents=e.cond_latents, chunk_latents=e.chunk_latents, fps=e.fps, min_fresh=e.min_fresh,
+            memory_budget_bytes=e.memory_budget_bytes, max_streams=cfg.max_streams,
+        ))
+        runner = EngineRunner(core, output_capacity=e.output_queue)
+
+        def observe(out: Any) -> None:  # engine thread: latency from the newest live conditioning frame
+            if out.cond_arrival is not None:
+                self.metrics.chunk_latency.observe(time.monotonic() - out.cond_arrival)
+
+        runner.on_chunk = observe
+        z = cfg.zmq
+        curve = (CurveConfig(z.curve_secret_key, z.curve_public_key, z.curve_allowed_clients)
+                 if z.curve_secret_key and z.curve_public_key and z.curve_allowed_clients else None)
+        self.publisher = FramePublisher(z.endpoint, sndhwm=z.sndhwm, curve=curve, fps=e.fps)
+        self.publisher.start()
+        runner.start()
+        self.runner = runner
+        self._publish_task = asyncio.create_task(self.publisher.run(runner))
+        hooks = StreamHooks(
+            open_stream=self._open_stream, close_stream=self._close_stream, session_live=self._session_live,
+            push_frame=self._push_frame, readiness=self.readiness,
+            metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: cfg.max_streams,
+        )
+        self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
+        self._http = web.AppRunner(build_app(self.whip, hooks), access_log=None, handle_signals=False)
+        await self._http.setup()
+        site = web.TCPSite(self._http, cfg.http.host, cfg.http.port)
+        await site.start()
+        self.state = "online"
+        log.info("listening on http://%s:%d (WHIP at /whip), publishing frames on %s", cfg.http.host,
+                 cfg.http.port, self.publisher.endpoint)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a graceful stop (they only set a flag)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+
+    async def shutdown(self, engine_timeout_s: float = 30.0) -> bool:
+        """Stop in order; returns False when the engine thread did not stop within the timeout."""
+        self.state = "stopping"
+        log.info("stopping")
+        if self.whip is not None:
+            await self.whip.close_all("shutdown")
+        if self._http is not None:
+            await self._http.cleanup()
+        stopped = True
+        if self.runner is not None:
+            stopped = await asyncio.to_thread(self.runner.stop, engine_timeout_s)
+        if self._publish_task is not None:
+            self._publish_task.cancel()
+            await asyncio.gather(self._publish_task, return_exceptions=True)
+        if self.publisher is not None:
+            self.publisher.close()
+        self.state = "offline"
+        log.info("stopped")
+        return stopped
+
+    async def run(self) -> int:
+        """start(), serve until a stop is requested, shutdown(); the exit status."""
+        self.install_signal_handlers()
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown()
+            raise
+        await self.stop_requested.wait()
+        return 0 if await self.shutdown() else 1

@@ -1,0 +1,232 @@
+"""WHIP ingest (RFC 9725) on aiortc: one peer connection per session, each session a stream in the engine.
+
+A session lives until its client DELETEs it, its peer connection fails or closes, its peer never connects within
+the setup timeout, or it sends no video for the media timeout; then everything it held is released (peer
+connection, engine stream, frame slot, publisher state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from ..config import WebRtcSettings
+
+log = logging.getLogger(__name__)
+
+
+class WhipError(Exception):
+    """A request the WHIP endpoint refuses: HTTP status, error code (protocols/http.md) and detail."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+
+
+def restrict_host_addresses(addresses: tuple[str, ...]) -> None:
+    """Offer ICE host candidates only on `addresses` (process-wide; aioice reads this function at gather time)."""
+    if addresses:
+        chosen = list(addresses)
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
+
+
+def parse_offer(sdp: str) -> SessionDescription:
+    """Parse an SDP offer, raising WhipError 400 (malformed) or 422 (no video)."""
+    if not sdp.lstrip().startswith("v=0"):
+        raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises assorted errors on malformed input
+        raise WhipError(400, "bad-sdp", f"malformed SDP offer: {exc}") from None
+    if not parsed.media:
+        raise WhipError(400, "bad-sdp", "the SDP offer has no media section")
+    def receivable(m: Any) -> bool:
+        codecs = {c.mimeType.lower() for c in m.rtp.codecs}
+        return (m.kind == "video" and m.port != 0 and (m.direction or "sendrecv") in ("sendonly", "sendrecv")
+                and bool(codecs & {"video/vp8", "video/h264"}))
+
+    if not any(receivable(m) for m in parsed.media):
+        raise WhipError(422, "no-video", "the offer has no video section the daemon can receive "
+                                         "(VP8 or H.264, sendonly or sendrecv)")
+    for m in parsed.media:
+        if m.kind in ("audio", "video") and (not m.ice.usernameFragment or not m.ice.password or m.dtls is None):
+            raise WhipError(400, "bad-sdp", f"the {m.kind} section lacks ICE credentials or a DTLS fingerprint")
+    return parsed
+
+
+@dataclass
+class TrickleFragment:
+    """The parts of an application/trickle-ice-sdpfrag body streamd uses."""
+
+    ufrag: str | None = None
+    pwd: str | None = None
+    candidates: list[tuple[str | None, str]] = field(default_factory=list)  # (mid, candidate line)
+    end_of_candidates: bool = False
+
+
+def parse_sdpfrag(body: str) -> TrickleFragment:
+    """Parse a trickle ICE fragment (RFC 8840), raising WhipError 400 when it is not one."""
+    frag = TrickleFragment()
+    mid: str | None = None
+    seen_any = False
+    for raw in body.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        seen_any = True
+        if line.startswith("a=ice-ufrag:"):
+            frag.ufrag = line.split(":", 1)[1]
+        elif line.startswith("a=ice-pwd:"):
+            frag.pwd = line.split(":", 1)[1]
+        elif line.startswith("a=mid:"):
+            mid = line.split(":", 1)[1]
+        elif line.startswith("a=candidate:"):
+            frag.candidates.append((mid, line[len("a="):]))
+        elif line == "a=end-of-candidates":
+            frag.end_of_candidates = True
+        elif line[:2] not in ("a=", "m=", "c="):
+            raise WhipError(400, "bad-sdpfrag", f"unexpected line in trickle fragment: {line[:80]!r}")
+    if not seen_any:
+        raise WhipError(400, "bad-sdpfrag", "empty trickle fragment")
+    return frag
+
+
+class WhipSession:
+    """One WHIP publisher: its peer connection, its engine stream and the task that reads its video."""
+
+    def __init__(
+        self,
+        session_id: str,
+        stream_id: str,
+        settings: WebRtcSettings,
+        on_frame: Callable[[str, Any], None],
+        on_close: Callable[["WhipSession", str], Awaitable[None]],
+        on_live: Callable[[str], None],
+    ) -> None:
+        self.session_id = session_id
+        self.stream_id = stream_id
+        self.etag = f'"{secrets.token_hex(8)}"'
+        self.settings = settings
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self._on_live = on_live
+        self.went_live = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+        self.connected = asyncio.Event()
+        self.frames = 0
+        self.remote_ufrag: str | None = None
+        self.created = time.monotonic()
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def answer(self, offer_sdp: str, parsed: SessionDescription) -> str:
+        """Apply the offer and return the answer SDP (all host candidates included: no trickle needed)."""
+        self.remote_ufrag = next((m.ice.usernameFragment for m in parsed.media if m.ice), None)
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.direction = "recvonly"
+            # Answer a=setup:passive: as DTLS server aiortc offers RSA-friendly ciphers, so every WebRTC stack
+            # (GStreamer webrtcbin with RSA certificates among them) completes the handshake.
+            transceiver.receiver.transport._set_role("server")  # noqa: SLF001 - aiortc has no public knob
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self._tasks.append(asyncio.ensure_future(self._setup_watchdog()))
+        return self.pc.localDescription.sdp
+
+    async def add_candidates(self, frag: TrickleFragment) -> None:
+        """Apply a trickle fragment (ICE restarts are refused)."""
+        if frag.ufrag is not None and self.remote_ufrag is not None and frag.ufrag != self.remote_ufrag:
+            raise WhipError(422, "ice-restart-unsupported", "ICE restarts are not supported: start a new session")
+        default_mid = next((t.mid for t in self.pc.getTransceivers() if t.mid is not None), "0")
+        for mid, line in frag.candidates:
+            try:
+                candidate = candidate_from_sdp(line.split(":", 1)[1])
+            except Exception as exc:
+                raise WhipError(400, "bad-sdpfrag", f"malformed candidate {line[:80]!r}: {exc}") from None
+            candidate.sdpMid = mid or default_mid
+            await self.pc.addIceCandidate(candidate)
+        if frag.end_of_candidates:
+            await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            self._tasks.append(asyncio.ensure_future(self._read_video(track)))
+        else:
+            # aiortc queues received media without bound: an unread audio track would grow forever
+            self._tasks.append(asyncio.ensure_future(self._discard(track)))
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("session %s: connection %s", self.session_id, state)
+        if state == "connected" and not self.went_live:
+            self.went_live = True
+            self.connected.set()
+            self._on_live(self.stream_id)
+        elif state in ("failed", "closed"):
+            await self.close("ice-failed" if state == "failed" else "peer-closed")
+
+    async def _setup_watchdog(self) -> None:
+        try:
+            await asyncio.wait_for(self.connected.wait(), self.settings.setup_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("session %s: peer did not connect within %g s", self.session_id[:6], self.settings.setup_timeout_s)
+            await self.close("setup-timeout")
+
+    async def _discard(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        """Drain the track (newest frames win downstream) until it ends or goes silent."""
+        timeout = self.settings.media_timeout_s
+        reason = "peer-closed"
+        try:
+            await self.connected.wait()  # the setup watchdog closes a session that never connects
+            while True:
+                frame = await asyncio.wait_for(track.recv(), timeout)
+                self.frames += 1
+                self._on_frame(self.stream_id, frame.to_ndarray(format="rgb24"))
+        except asyncio.TimeoutError:
+            reason = "media-timeout"
+        except MediaStreamError:
+            pass
+        except asyncio.CancelledError:
+            return
+        await self.close(reason)
+
+    async def close(self, reason: str) -> None:
+        """Release everything the session holds (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        await self.pc.close()
+        await self._on_close(self, reason)
+
+
+def new_session_id() -> str:
+    """128 random bits, base64url without padding (22 characters). Secret: it authorises DELETE."""
+    return secrets.token_urlsafe(16)
+
+
+def new_stream_id() -> str:
+    """A public stream id: `s-` and 12 random hex digits (never derived from the session id)."""
+    return "s-" + secrets.token_hex(6)
