@@ -115,7 +115,7 @@ class Daemon:
         e = cfg.engine
         core = EngineCore(self.pipeline, EngineConfig(
             cond_latents=e.cond_latents, chunk_latents=e.chunk_latents, fps=e.fps, min_fresh=e.min_fresh,
-            memory_budget_bytes=e.memory_budget_bytes, max_streams=cfg.max_streams,
+            memory_budget_bytes=e.memory_budget_bytes, max_streams=cfg.max_streams, max_lead_s=e.max_lead_s,
         ))
         runner = EngineRunner(core, output_capacity=e.output_queue)
 

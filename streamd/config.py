@@ -72,6 +72,7 @@ class EngineSettings:
     min_fresh: int | None = None
     memory_budget_bytes: int | None = None
     output_queue: int = 8  # generated chunks waiting for the publisher; oldest dropped beyond
+    max_lead_s: float = 1.0  # a stream's output runs at most this far ahead of real time
     stall_timeout_s: float = 120.0  # a chunk running longer than this marks the engine stalled (readyz 503)
     prompt: str = ""  # initial prompt of every new stream
     steps: int | None = None

@@ -50,7 +50,8 @@ def continue_file(
     """
     if segments < 1:
         raise ValueError("segments must be at least 1")
-    engine = EngineCore(pipeline, EngineConfig(chunk_latents=chunk_latents, use_kv_cache=use_kv_cache, max_streams=1))
+    engine = EngineCore(pipeline, EngineConfig(chunk_latents=chunk_latents, use_kv_cache=use_kv_cache, max_streams=1,
+                                            realtime=False))
     state = engine.add_stream(STREAM_ID, params.updated(policy=Policy.AUTO))
     cond_frames = state.window.cond_frames
     clip = read_video(source, last=cond_frames)

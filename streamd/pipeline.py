@@ -83,7 +83,7 @@ class ContinuationPipeline:
 
     @classmethod
     def from_spec(
-        cls, spec: str | Path = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+        cls, spec: str | Path = "tiny", device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None
     ) -> "ContinuationPipeline":
         """Load an embedded preset by name or a checkpoint folder."""
         return cls(load_model(spec, device=device, dtype=dtype))

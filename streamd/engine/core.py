@@ -82,12 +82,18 @@ class EngineConfig:
     memory_budget_bytes: int | None = None  # stream memory; None: derived from the device
     max_streams: int = 8
     use_kv_cache: bool = True  # False runs the uncached block-causal path (for comparison)
+    # Live pacing: a stream's output may run at most `max_lead_s` ahead of real time (measured from its first
+    # chunk). Without it a fast engine would continue a live stream many times faster than it is watched.
+    realtime: bool = True
+    max_lead_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.cond_latents <= 16 or not 1 <= self.chunk_latents <= 64:
             raise ValueError("cond_latents must be in 1..16 and chunk_latents in 1..64")
         if self.fps <= 0 or self.max_streams < 1:
             raise ValueError("fps must be positive and max_streams at least 1")
+        if self.max_lead_s < 0:
+            raise ValueError("max_lead_s must not be negative")
 
 
 @dataclass
@@ -128,6 +134,8 @@ class StreamState:
     arrivals: dict[int, float] = field(default_factory=dict)  # live frame number -> arrival (newest window only)
     frames_in: int = 0
     chunks_out: int = 0
+    clock_start: float | None = None  # monotonic time of output frame `clock_frame` (live pacing)
+    clock_frame: int = 0
 
 
 class EngineCore:
@@ -211,6 +219,7 @@ class EngineCore:
         state = self._stream(stream_id)
         state.generation += 1
         state.window.reset()
+        state.clock_start = None
         state.last_latents = None
         state.arrivals.clear()
         return state.generation
@@ -222,15 +231,24 @@ class EngineCore:
             raise KeyError(f"no stream {stream_id!r}") from None
 
     # ------------------------------------------------------------------------------------------ stepping
+    def _due(self, state: StreamState, now: float) -> bool:
+        """Whether pacing lets the stream run its next chunk now."""
+        if not self.config.realtime or state.clock_start is None:
+            return True
+        ahead = (state.window.next_output - state.clock_frame) / self.config.fps - (now - state.clock_start)
+        return ahead <= self.config.max_lead_s
+
     def ready(self) -> list[str]:
         """Streams that could run a chunk now."""
-        return [sid for sid in self._order if self.streams[sid].window.ready()]
+        now = time.monotonic()
+        return [sid for sid in self._order if self.streams[sid].window.ready() and self._due(self.streams[sid], now)]
 
     def _next_ready(self) -> StreamState | None:
         n = len(self._order)
+        now = time.monotonic()
         for i in range(n):
             sid = self._order[(self._cursor + i) % n]
-            if self.streams[sid].window.ready():
+            if self.streams[sid].window.ready() and self._due(self.streams[sid], now):
                 self._cursor = (self._cursor + i + 1) % n
                 return self.streams[sid]
         return None
@@ -287,6 +305,8 @@ class EngineCore:
             state.last_latents = torch.cat([cond, new.to(cond.dtype)], dim=2)[:, :, -self.config.cond_latents:]
         refs = state.window.commit(plan, list(frames))
         state.chunks_out += 1
+        if state.clock_start is None:  # the stream's clock starts with its first frame out
+            state.clock_start, state.clock_frame = time.monotonic(), plan.first_output
         arrival = state.arrivals.get(plan.cond[-1].number) if plan.source is Source.LIVE else None
         return ChunkOutput(
             stream_id=state.stream_id, generation=state.generation, chunk=plan.chunk, source=plan.source,

@@ -58,7 +58,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def load_model(
     spec: str | Path,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = "cpu",
     dtype: torch.dtype | None = None,
     distilled: bool | None = None,
 ) -> ModelBundle:
@@ -66,8 +66,9 @@ def load_model(
 
     For a checkpoint, `distilled=None` merges the 16-step distilled LoRA when the folder has it (and then
     defaults to its schedule: 16 steps, guidance 1); True requires it; False never merges it.
+    `device=None` picks CUDA when available.
     """
-    device = torch.device(device)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
     if isinstance(spec, str) and spec in PRESETS:
         preset = get_preset(spec)

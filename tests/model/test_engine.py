@@ -29,6 +29,7 @@ def fast(**kw) -> StreamParams:
 
 
 def make_core(pipe: ContinuationPipeline, **kw) -> EngineCore:
+    kw.setdefault("realtime", False)
     return EngineCore(pipe, EngineConfig(memory_budget_bytes=kw.pop("budget", 2**30), **kw))
 
 
@@ -177,3 +178,18 @@ def test_runner_reset_emits_nothing_stale_and_params_wait_for_the_boundary(pipe:
         assert runner.error is None
 
     asyncio.run(scenario())
+
+
+def test_live_pacing_keeps_output_near_real_time(pipe: ContinuationPipeline) -> None:
+    import time
+
+    core = make_core(pipe, realtime=True, max_lead_s=0.5)
+    core.add_stream("a", fast(), H, W)
+    feed(core, "a", 13)
+    started = time.monotonic()
+    assert core.step() is not None  # the first chunk starts the stream's clock
+    assert core.step() is None  # 16 frames = 1.07 s ahead of the clock: not due yet
+    while core.step() is None:
+        time.sleep(0.01)
+    # the second chunk waited until its frames were no more than 0.5 s ahead of real time
+    assert time.monotonic() - started >= 16 / 15 - 0.5 - 0.05
