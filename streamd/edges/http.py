@@ -17,6 +17,7 @@ from ..config import HttpSettings, WebRtcSettings
 from ..wire.errors import ERROR_CONTENT_TYPE, error_body
 from ..wire.frames import valid_stream_id
 from .webrtc import WhipError, WhipSession, new_session_id, new_stream_id, parse_offer, parse_sdpfrag
+from .whep import WhepViewer
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,86 @@ class WhipEndpoint:
             await session.close(reason)
 
 
-def build_app(whip: WhipEndpoint, hooks: StreamHooks) -> web.Application:
+class WhepEndpoint:
+    """WHEP playback sessions. Bound: at most `max_viewers` viewers in all."""
+
+    def __init__(self, whip: WhipEndpoint, fps: float, max_viewers: int = 16) -> None:
+        self.whip = whip
+        self.fps = fps
+        self.max_viewers = max_viewers
+        self.viewers: dict[str, WhepViewer] = {}
+
+    def _live_streams(self) -> list[str]:
+        """Stream ids of live sessions, newest first."""
+        live = [s for s in self.whip.sessions.values() if s.went_live and not s.closed]
+        return [s.stream_id for s in sorted(live, key=lambda s: s.created, reverse=True)]
+
+    async def options(self, request: web.Request) -> web.Response:
+        return await self.whip.options(request)
+
+    async def post(self, request: web.Request) -> web.Response:
+        self.whip._authorize(request)
+        offer = await self.whip._body(request, SDP)
+        if not offer.lstrip().startswith("v=0"):
+            raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
+        live = self._live_streams()
+        stream_id = request.match_info.get("stream") or (live[0] if live else None)
+        if stream_id is None or stream_id not in live:
+            raise WhipError(404, "not-found", f"no live stream {stream_id!r}" if stream_id else "no live stream")
+        if len(self.viewers) >= self.max_viewers:
+            raise WhipError(503, "at-capacity", f"{self.max_viewers} viewers at most",
+                            {"Retry-After": str(RETRY_AFTER_S)})
+        viewer = WhepViewer(stream_id, self.fps)
+        try:
+            answer = await viewer.answer(offer)
+        except WhipError:
+            await viewer.close()
+            raise
+        except Exception as exc:
+            await viewer.close()
+            raise WhipError(400, "bad-sdp", f"cannot negotiate the offer: {exc}") from None
+        self.viewers[viewer.session_id] = viewer
+
+        @viewer.pc.on("connectionstatechange")
+        async def _state() -> None:
+            if viewer.pc.connectionState in ("failed", "closed"):
+                await self._drop(viewer.session_id)
+
+        log.info("viewer %s watching stream %s", viewer.session_id[:6], stream_id)
+        headers = {**self.whip._cors(), "Location": f"/whep/session/{viewer.session_id}",
+                   "ETag": f'"{viewer.session_id[:8]}"', "Streamd-Stream-Id": stream_id}
+        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self.whip._authorize(request)
+        if request.match_info["session"] not in self.viewers:
+            raise WhipError(404, "session-not-found", "no such WHEP session")
+        await self._drop(request.match_info["session"])
+        return web.Response(status=200, headers=self.whip._cors())
+
+    async def _drop(self, session_id: str) -> None:
+        viewer = self.viewers.pop(session_id, None)
+        if viewer is not None:
+            await viewer.close()
+
+    def offer_chunk(self, stream_id: str, frames: Any, pts_ns: list[int]) -> None:
+        """Hand a generated chunk to the stream's viewers."""
+        for viewer in self.viewers.values():
+            if viewer.stream_id == stream_id:
+                viewer.track.offer(frames, pts_ns)
+
+    async def close_stream(self, stream_id: str) -> None:
+        """End the viewers of a stream that ended."""
+        for sid in [k for k, v in self.viewers.items() if v.stream_id == stream_id]:
+            await self._drop(sid)
+
+    async def close_all(self) -> None:
+        """End every viewer (shutdown)."""
+        for sid in list(self.viewers):
+            await self._drop(sid)
+
+
+def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None = None) -> web.Application:
     """The aiohttp application: routes, and WhipError -> JSON error responses."""
 
     @web.middleware
@@ -212,6 +292,11 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks) -> web.Application:
     app.router.add_route("OPTIONS", "/whip/{session}", whip.options)
     app.router.add_patch("/whip/{session}", whip.patch)
     app.router.add_delete("/whip/{session}", whip.delete)
+    if whep is not None:
+        app.router.add_route("OPTIONS", "/whep", whep.options)
+        app.router.add_post("/whep", whep.post)
+        app.router.add_post("/whep/{stream}", whep.post)
+        app.router.add_delete("/whep/session/{session}", whep.delete)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
