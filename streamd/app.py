@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import ServeConfig
-from .edges.http import StreamHooks, WhipEndpoint, build_app
+from .edges.http import StreamHooks, WhepEndpoint, WhipEndpoint, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics
 from .edges.webrtc import restrict_host_addresses
 from .edges.zmq import CurveConfig, FramePublisher
@@ -37,6 +37,8 @@ class Daemon:
         self.runner: EngineRunner | None = None
         self.publisher: FramePublisher | None = None
         self.whip: WhipEndpoint | None = None
+        self.whep: WhepEndpoint | None = None
+        self.latency: dict[str, float] = {}  # stream -> latency of its newest live-conditioned chunk (bounded by streams)
         self._http: web.AppRunner | None = None
         self._publish_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
@@ -85,6 +87,9 @@ class Daemon:
             await self.runner.call(lambda core: core.remove_stream(stream_id))
         else:
             self.runner.core.remove_stream(stream_id)
+        self.latency.pop(stream_id, None)
+        if self.whep is not None:
+            await self.whep.close_stream(stream_id)
         if was_live:
             self.publisher.publish_event("session-ended", stream_id, reason=reason)
         self.publisher.forget_stream(stream_id)
@@ -131,20 +136,33 @@ class Daemon:
         self.publisher.start()
         runner.start()
         self.runner = runner
-        self._publish_task = asyncio.create_task(self.publisher.run(runner))
+        self._publish_task = asyncio.create_task(self._fan_out(runner))
         hooks = StreamHooks(
             open_stream=self._open_stream, close_stream=self._close_stream, session_live=self._session_live,
             push_frame=self._push_frame, readiness=self.readiness,
             metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: cfg.max_streams,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
-        self._http = web.AppRunner(build_app(self.whip, hooks), access_log=None, handle_signals=False)
+        self.whep = WhepEndpoint(self.whip, fps=e.fps)
+        self._http = web.AppRunner(build_app(self.whip, hooks, self.whep), access_log=None, handle_signals=False)
         await self._http.setup()
         site = web.TCPSite(self._http, cfg.http.host, cfg.http.port)
         await site.start()
         self.state = "online"
         log.info("listening on http://%s:%d (WHIP at /whip), publishing frames on %s", cfg.http.host,
                  cfg.http.port, self.publisher.endpoint)
+
+    async def _fan_out(self, runner: EngineRunner) -> None:
+        """Every generated chunk goes to ZeroMQ and to the stream's WHEP viewers (stale chunks are skipped)."""
+        assert self.publisher is not None
+        async for out in runner.outputs():
+            if not runner.is_current(out):
+                continue
+            self.publisher.publish_chunk(out)
+            if out.cond_arrival is not None:
+                self.latency[out.stream_id] = time.monotonic() - out.cond_arrival
+            if self.whep is not None:
+                self.whep.offer_chunk(out.stream_id, out.frames, out.pts_ns)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT request a graceful stop (they only set a flag)."""
@@ -156,6 +174,8 @@ class Daemon:
         """Stop in order; returns False when the engine thread did not stop within the timeout."""
         self.state = "stopping"
         log.info("stopping")
+        if self.whep is not None:
+            await self.whep.close_all()
         if self.whip is not None:
             await self.whip.close_all("shutdown")
         if self._http is not None:
