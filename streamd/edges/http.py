@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -21,6 +22,7 @@ from .whep import WhepViewer
 
 log = logging.getLogger(__name__)
 
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 RETRY_AFTER_S = 5
@@ -297,6 +299,11 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
         app.router.add_post("/whep", whep.post)
         app.router.add_post("/whep/{stream}", whep.post)
         app.router.add_delete("/whep/session/{session}", whep.delete)
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static", WEB_DIR)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
