@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=_positive_int, default=2, help="segments to generate")
     _add_sampling_args(p)
 
-    p = sub.add_parser("demo", help="generate a clip, continue it on the embedded model, write MP4 + contact sheet")
-    p.add_argument("--out", type=Path, default=Path("out"), help="output folder")
-    p.add_argument("--segments", type=_positive_int, default=3, help="segments to generate")
-    _add_sampling_args(p)
+    p = sub.add_parser("demo", help="run the daemon, send video over WHIP, receive the generated video over ZeroMQ")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    p.add_argument("--model", default="tiny", help="embedded model (tiny, small) or a checkpoint folder")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to send live video")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
 
     p = sub.add_parser("serve", help="run the daemon: WHIP in, ZeroMQ out")
     p.add_argument("--config", type=Path, help="TOML config file (STREAMD_* variables and flags override it)")
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--repeats", type=_positive_int, default=5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
+    p = bsub.add_parser("e2e", help="the daemon end to end (WHIP in, ZeroMQ out) beside the bare engine")
+    p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long the client sends")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    p.add_argument("--out", type=Path, default=Path("out/bench-e2e"), help="output folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("stream", help="N live streams from a synthetic real-time source through the engine")
     p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
@@ -147,32 +156,31 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`streamd demo`: synthesise a clip, continue it, write the MP4 and a contact sheet."""
-    from .longvideo import continue_file
-    from .media import contact_sheet, read_video, synthetic_clip, write_video
+    """`streamd demo`: the daemon end to end on this machine; writes the generated video and a contact sheet."""
+    from .e2e import E2EConfig, run_e2e
+    from .media import contact_sheet, read_video
 
-    pipeline, params = _pipeline_and_params(args)
-    print(_describe(pipeline), file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    source = args.out / "input.mp4"
-    clip = synthetic_clip(33, pipeline.bundle.height, pipeline.bundle.width, fps=15.0, seed=args.seed)
-    write_video(source, clip.frames, fps=clip.fps)
-    output = args.out / "continued.mp4"
-    update, close = _progress_bar("denoising")
-    try:
-        report = continue_file(pipeline, source, output, params, args.segments, chunk_latents=args.chunk_latents,
-                               progress=update)
-    finally:
-        close()
+    print(f"starting streamd serve --model {args.model}; sending {args.seconds:g} s of live video over WHIP",
+          file=sys.stderr)
+    if args.model in ("tiny", "small"):
+        print("the embedded model is UNTRAINED (random weights): expect structured noise, not a real continuation",
+              file=sys.stderr)
+    result, report = run_e2e(E2EConfig(model=args.model, seconds=args.seconds, steps=args.steps,
+                                       guidance=args.guidance, out_dir=args.out))
+    if report.frames == 0:
+        print(f"streamd demo: no generated frame arrived; see {args.out / 'daemon.log'}", file=sys.stderr)
+        return 1
     sheet = args.out / "contact_sheet.png"
-    contact_sheet(read_video(output).frames, path=sheet)
-    fps = report.generated_frames / report.seconds
-    print(f"input clip:    {source}")
-    print(f"continuation:  {output} ({report.input_frames} conditioning + {report.generated_frames} generated frames, "
-          f"{report.width}x{report.height})")
-    print(f"contact sheet: {sheet}")
-    print(f"speed:         {fps:.1f} generated frames/s on {pipeline.device}")
-    return 0
+    contact_sheet(read_video(args.out / "generated.mp4").frames, path=sheet)
+    p50, p95 = result["latency_p50_s"], result["latency_p95_s"]
+    print(f"generated video: {result['output']} ({report.frames} frames, {report.gaps} lost)")
+    print(f"contact sheet:   {sheet}")
+    print(f"daemon log:      {args.out / 'daemon.log'}")
+    print(f"frames/s out:    {result['fps_out']:.1f} (live pacing holds output near the model's 15 fps)")
+    if p50 is not None:
+        print(f"latency:         p50 {p50:.2f} s, p95 {p95:.2f} s (live frame arrival -> first frame conditioned on it)")
+    print(f"daemon stopped:  exit status {result['daemon_exit']}")
+    return 0 if result["daemon_exit"] == 0 else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -180,7 +188,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.denoise import DenoiseBenchConfig, run_denoise_bench
     from .bench.stream import StreamBenchConfig, run_stream_bench
 
-    if args.bench == "stream":
+    if args.bench == "e2e":
+        from .bench.e2e import run_e2e_bench
+        from .e2e import E2EConfig
+
+        result = run_e2e_bench(E2EConfig(model=args.model, seconds=args.seconds, steps=args.steps,
+                                         guidance=args.guidance, out_dir=args.out))
+    elif args.bench == "stream":
         result = run_stream_bench(StreamBenchConfig(
             model=args.model, streams=args.streams, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
             device=args.device,
@@ -252,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # ICE and RTP libraries log every candidate pair at INFO
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"continue": cmd_continue, "demo": cmd_demo, "bench": cmd_bench, "serve": cmd_serve,
                 "send": cmd_send, "subscribe": cmd_subscribe}
     try:
