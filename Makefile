@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # CUDA build. Install the CUDA build of the same version yourself on a GPU host (see README).
 TORCH ?= torch==2.13.0
 
-.PHONY: all demo test install clean
+# Debian packages the tests need, as "command:package" pairs.
+SYSTEM_DEPS ?= mosquitto:mosquitto systemd-analyze:systemd chromium:chromium
+
+.PHONY: all demo test install system-deps clean
 
 all: test
 
@@ -26,7 +29,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamd demo --out out/demo
 
-test: $(STAMP)
+# Installs what is missing when it can (root with apt-get); otherwise names the exact command and stops.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "the tests need these Debian packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 clean:
