@@ -8,14 +8,20 @@ the HTTP listener -> stop the engine thread -> close the ZeroMQ socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+import socket
 import time
+from enum import Enum
 from typing import Any
 
 from aiohttp import web
 
+from . import __version__
 from .config import ServeConfig
+from .control import ReplyCache, handle_command
+from .edges.mqtt import MqttControl
 from .edges.http import StreamHooks, WhepEndpoint, WhipEndpoint, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics
 from .edges.webrtc import restrict_host_addresses
@@ -43,6 +49,56 @@ class Daemon:
         self._publish_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
         self.metrics = Metrics(self._readings)
+        self.replies = ReplyCache()  # one de-duplication cache for every command surface (MQTT and HTTP)
+        self.mqtt: MqttControl | None = None
+        self._mqtt_task: asyncio.Task[None] | None = None
+        self.instance = config.instance or socket.gethostname()
+
+    # ------------------------------------------------------------------------------------------ control
+    def stream_ids(self) -> list[str]:
+        """Streams of live sessions (the Controller protocol of control.py)."""
+        return [s.stream_id for s in self.whip.sessions.values() if not s.closed] if self.whip else []
+
+    async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Queue parameter changes for the stream's next chunk; returns its resulting parameters."""
+        assert self.runner is not None
+        params = await self.runner.call(lambda core: core.update_params(stream_id, **changes))
+        return {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(params).items()}
+
+    async def reset(self, stream_id: str) -> int:
+        """Restart the stream from live input; nothing generated before is published after."""
+        assert self.runner is not None and self.publisher is not None
+        generation = await self.runner.call(lambda core: core.reset(stream_id))
+        self.publisher.publish_event("stream-reset", stream_id, generation=generation, reason="command")
+        self._mqtt_event("stream-reset", stream_id, generation=generation, reason="command")
+        return generation
+
+    async def stop_stream(self, stream_id: str) -> None:
+        """End the stream's WHIP session (its client sees the peer connection close)."""
+        session = next((s for s in (self.whip.sessions.values() if self.whip else []) if s.stream_id == stream_id),
+                       None)
+        if session is None:
+            raise KeyError(stream_id)
+        await session.close("stopped")
+
+    def status(self) -> dict[str, Any]:
+        """Daemon status for MQTT and /api/status."""
+        bundle = self.pipeline.bundle if self.pipeline else None
+        return {
+            "state": self.state,
+            "instance": self.instance,
+            "streams": len(self.stream_ids()),
+            "model": bundle.name if bundle else None,
+            "version": __version__,
+            "stream_stats": {sid: {"latency_s": self.latency.get(sid)} for sid in self.stream_ids()},
+        }
+
+    async def _command(self, verb: str, payload: bytes) -> dict[str, Any]:
+        return await handle_command(self, verb, payload, replies=self.replies)
+
+    def _mqtt_event(self, event: str, stream: str, **fields: Any) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_event({"event": event, "stream": stream, "time_ns": time.time_ns(), **fields})
 
     # ------------------------------------------------------------------------------------------ readings
     def _readings(self) -> dict[str, Any]:
@@ -92,13 +148,19 @@ class Daemon:
             await self.whep.close_stream(stream_id)
         if was_live:
             self.publisher.publish_event("session-ended", stream_id, reason=reason)
+            self._mqtt_event("session-ended", stream_id, reason=reason)
         self.publisher.forget_stream(stream_id)
         self.metrics.sessions.labels(reason).inc()
+        if self.mqtt is not None:
+            self.mqtt.notify_status()
 
     def _session_live(self, stream_id: str) -> None:
         assert self.pipeline is not None and self.publisher is not None
         bundle = self.pipeline.bundle
         self.publisher.publish_event("session-started", stream_id, width=bundle.width, height=bundle.height)
+        self._mqtt_event("session-started", stream_id, width=bundle.width, height=bundle.height)
+        if self.mqtt is not None:
+            self.mqtt.notify_status()
 
     def _push_frame(self, stream_id: str, frame: Any) -> None:
         assert self.runner is not None
@@ -110,6 +172,14 @@ class Daemon:
         """Load the model, start the engine and the edges; raises when a listener cannot bind."""
         cfg = self.config
         restrict_host_addresses(cfg.webrtc.host_addresses)
+        if cfg.mqtt.broker is not None:  # first, so that the broker sees "starting" while the model loads
+            m = cfg.mqtt
+            host, _, port = m.broker.rpartition(":")
+            self.mqtt = MqttControl(self, host.strip("[]"), int(port), m.prefix or f"streamd/{self.instance}",
+                                    username=m.username, password=m.password, tls=m.tls, ca_file=m.ca_file,
+                                    status_interval_s=m.status_interval_s, replies=self.replies)
+            self.mqtt.set_state("starting")
+            self._mqtt_task = asyncio.create_task(self.mqtt.run())
         started = time.perf_counter()
         log.info("loading model %s", cfg.model.spec)
         self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device)
@@ -141,6 +211,7 @@ class Daemon:
             open_stream=self._open_stream, close_stream=self._close_stream, session_live=self._session_live,
             push_frame=self._push_frame, readiness=self.readiness,
             metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: cfg.max_streams,
+            command=self._command, status=self.status,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
         self.whep = WhepEndpoint(self.whip, fps=e.fps)
@@ -149,6 +220,8 @@ class Daemon:
         site = web.TCPSite(self._http, cfg.http.host, cfg.http.port)
         await site.start()
         self.state = "online"
+        if self.mqtt is not None:
+            self.mqtt.set_state("online")
         log.info("listening on http://%s:%d (WHIP at /whip), publishing frames on %s", cfg.http.host,
                  cfg.http.port, self.publisher.endpoint)
 
@@ -174,6 +247,8 @@ class Daemon:
         """Stop in order; returns False when the engine thread did not stop within the timeout."""
         self.state = "stopping"
         log.info("stopping")
+        if self.mqtt is not None:
+            self.mqtt.set_state("stopping")
         if self.whep is not None:
             await self.whep.close_all()
         if self.whip is not None:
@@ -188,6 +263,11 @@ class Daemon:
             await asyncio.gather(self._publish_task, return_exceptions=True)
         if self.publisher is not None:
             self.publisher.close()
+        if self.mqtt is not None:
+            await self.mqtt.close()  # publishes the retained "offline" itself: a clean disconnect sends no will
+        if self._mqtt_task is not None:
+            self._mqtt_task.cancel()
+            await asyncio.gather(self._mqtt_task, return_exceptions=True)
         self.state = "offline"
         log.info("stopped")
         return stopped

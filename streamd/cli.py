@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-streams", type=_positive_int, help="live streams at most (default 4)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--ice-address", action="append", help="offer ICE host candidates only on this address")
+    p.add_argument("--mqtt", metavar="HOST:PORT", help="MQTT broker for control (default: no MQTT)")
+    p.add_argument("--mqtt-prefix", help="MQTT topic prefix (default streamd/<instance>)")
+    p.add_argument("--instance", help="instance name (default: the host name)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
     p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
@@ -229,6 +233,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "model.spec": args.model, "model.device": args.device, "zmq.endpoint": args.zmq, "http.token": args.token,
         "max_streams": args.max_streams,
         "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
+        "mqtt.broker": args.mqtt, "mqtt.prefix": args.mqtt_prefix, "instance": args.instance,
+        "log_level": args.log_level,
     }
     if args.http:
         overrides["http.host"], overrides["http.port"] = _host_port(args.http)

@@ -63,6 +63,19 @@ class WebRtcSettings:
 
 
 @dataclass(frozen=True)
+class MqttSettings:
+    """The MQTT control plane (off unless a broker is given)."""
+
+    broker: str | None = None  # HOST:PORT; None: no MQTT
+    prefix: str | None = None  # topic prefix; None: streamd/<instance>
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    status_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     """The generation engine."""
 
@@ -88,6 +101,8 @@ class ServeConfig:
     zmq: ZmqSettings = field(default_factory=ZmqSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    instance: str | None = None  # instance name (MQTT prefix, status); None: the host name
     max_streams: int = 4
     log_level: str = "info"
 
@@ -104,6 +119,12 @@ class ServeConfig:
         _check(self.webrtc.setup_timeout_s > 0 and self.webrtc.media_timeout_s > 0,
                "webrtc timeouts must be positive")
         _check(1 <= self.max_streams <= 64, "max_streams must be in 1..64")
+        if self.mqtt.broker is not None:
+            host, sep, port = self.mqtt.broker.rpartition(":")
+            _check(bool(sep) and bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
+                   f"mqtt.broker must be HOST:PORT, got {self.mqtt.broker!r}")
+        _check(self.mqtt.prefix is None or (bool(self.mqtt.prefix) and not any(c in self.mqtt.prefix for c in "#+")),
+               "mqtt.prefix must be non-empty and free of MQTT wildcards")
         _check(self.engine.output_queue >= 1, "engine.output_queue must be at least 1")
         _check(self.engine.stall_timeout_s > 0, "engine.stall_timeout_s must be positive")
         _check(self.log_level in ("debug", "info", "warning", "error"), "log_level must be debug/info/warning/error")

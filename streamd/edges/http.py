@@ -39,6 +39,8 @@ class StreamHooks:
     readiness: Callable[[], tuple[bool, str]]  # (ready, reason when not)
     metrics: Callable[[], tuple[bytes, str]]  # (body, content type)
     max_streams: Callable[[], int]
+    command: Callable[[str, bytes], Awaitable[dict[str, Any]]]  # (verb, JSON payload) -> reply (control.py)
+    status: Callable[[], dict[str, Any]]
 
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -299,9 +301,27 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
         app.router.add_post("/whep", whep.post)
         app.router.add_post("/whep/{stream}", whep.post)
         app.router.add_delete("/whep/session/{session}", whep.delete)
+    # errors of the control API carry the command reply itself (protocols/mqtt-control.md), mapped to a status
+    reply_status = {"unknown-stream": 404, "unknown-verb": 404, "payload-too-large": 413, "internal": 500}
+
+    async def command(request: web.Request) -> web.Response:
+        whip._authorize(request)
+        if request.content_type != "application/json":
+            raise WhipError(415, "unsupported-media-type", "commands are application/json")
+        body = await request.content.read(whip.http.max_body_bytes + 1)
+        reply = await hooks.command(request.match_info["verb"], body)
+        status = 200 if reply.get("ok") else reply_status.get(str(reply.get("error")), 400)
+        return web.json_response(reply, status=status, headers={"Cache-Control": "no-store"})
+
+    async def status(request: web.Request) -> web.Response:
+        whip._authorize(request)
+        return web.json_response(hooks.status(), headers=no_store)
+
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
 
+    app.router.add_post("/api/cmd/{verb}", command)
+    app.router.add_get("/api/status", status)
     app.router.add_get("/", index)
     app.router.add_static("/static", WEB_DIR)
     app.router.add_get("/livez", livez)
