@@ -17,7 +17,11 @@ from typing import Any
 
 __all__ = ["SCHEMA_NAMES", "load_schema", "schema_dir"]
 
-SCHEMA_NAMES: tuple[str, ...] = ("frame-header", "event", "error", "health")
+SCHEMA_NAMES: tuple[str, ...] = (
+    "frame-header", "event", "error", "health",
+    "mqtt-status", "mqtt-reply", "mqtt-event",
+    "mqtt-command-prompt", "mqtt-command-params", "mqtt-command-reset", "mqtt-command-stop-stream",
+)
 
 
 def schema_dir() -> Path:
