@@ -87,7 +87,7 @@ class Daemon:
         return {
             "state": self.state,
             "instance": self.instance,
-            "streams": len(self.stream_ids()),
+            "streams": sorted(self.stream_ids()),
             "model": bundle.name if bundle else None,
             "version": __version__,
             "stream_stats": {sid: {"latency_s": self.latency.get(sid)} for sid in self.stream_ids()},
