@@ -190,8 +190,11 @@ class EngineCore:
             self._order.remove(stream_id)
             self.budget.release(stream_id)
 
-    def push_frame(self, stream_id: str, frame: np.ndarray, arrival: float | None = None) -> None:
-        """Add one live RGB frame [H, W, 3] uint8 of any size; it is scaled and cropped to the stream's size."""
+    def push_frame(self, stream_id: str, frame: np.ndarray, arrival: float | None = None) -> bool:
+        """Add one live RGB frame [H, W, 3] uint8 of any size; it is scaled and cropped to the stream's size.
+
+        Returns False when the window had to push out a frame that never conditioned a chunk.
+        """
         state = self._stream(stream_id)
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
@@ -202,10 +205,11 @@ class EngineCore:
         if (h, w) != (state.height, state.width):
             frame = fit_frames(frame[None], state.height, state.width)[0]
         number = state.window.live_received
-        state.window.push_live(frame)
+        kept_all = state.window.push_live(frame)
         state.arrivals[number] = arrival if arrival is not None else time.monotonic()
         state.arrivals.pop(number - state.window.cond_frames, None)  # bound: one window of arrivals
         state.frames_in += 1
+        return kept_all
 
     def update_params(self, stream_id: str, **changes: Any) -> StreamParams:
         """Validate and queue parameter changes; they apply at the stream's next chunk boundary."""

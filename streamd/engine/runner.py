@@ -222,7 +222,8 @@ class EngineRunner:
         for stream_id, slot in slots:
             for item in slot.take():
                 try:
-                    self.core.push_frame(stream_id, item.frame, item.arrival)
+                    if not self.core.push_frame(stream_id, item.frame, item.arrival):
+                        self.drops["superseded"] += 1
                 except KeyError:
                     self.drops["unknown-stream"] += 1
                 except FrameError as exc:

@@ -140,18 +140,26 @@ class ConditioningWindow(Generic[T]):
         self.live: Ring[FrameRef[T]] = Ring(self.cond_frames)
         self.own: Ring[FrameRef[T]] = Ring(self.cond_frames)
         self.live_received = 0  # input frames ever pushed (this generation)
+        self.unused_evicted = 0  # live frames pushed out before any chunk used them (input faster than generation)
         self._live_at_last_plan = 0
         self.next_output = 0
         self.chunks = 0
         self._last_cond: tuple[FrameRef[T], ...] = ()
 
     # ----------------------------------------------------------------------------- input
-    def push_live(self, payload: T, pts_ns: int | None = None) -> None:
-        """Record one client frame (numbered in arrival order)."""
+    def push_live(self, payload: T, pts_ns: int | None = None) -> bool:
+        """Record one client frame (numbered in arrival order).
+
+        Returns False when it pushed out a frame that never conditioned a chunk (counted in `unused_evicted`).
+        """
         number = self.live_received
         pts = pts_ns if pts_ns is not None else round(number * NS_PER_S / self.fps)
-        self.live.push(FrameRef(number, pts, Source.LIVE, payload))
+        out = self.live.push(FrameRef(number, pts, Source.LIVE, payload))
         self.live_received += 1
+        if out is not None and out.number >= self._live_at_last_plan:
+            self.unused_evicted += 1
+            return False
+        return True
 
     @property
     def live_fresh(self) -> int:

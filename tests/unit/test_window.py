@@ -109,3 +109,15 @@ def test_reset_starts_over_and_keeps_output_numbering() -> None:
     feed(w, 13)
     plan = run_chunk(w)
     assert plan.chunk == 0 and plan.first_output == 16 and plan.source is Source.LIVE
+
+
+def test_frames_pushed_out_unused_are_counted() -> None:
+    w: ConditioningWindow[str] = ConditioningWindow()
+    feed(w, 13)
+    assert w.unused_evicted == 0
+    run_chunk(w)  # uses frames 0..12
+    feed(w, 13)  # pushes out 0..12: all were used
+    assert w.unused_evicted == 0
+    feed(w, 5)  # pushes out 13..17, which no chunk used
+    assert w.unused_evicted == 5
+    assert w.push_live("x") is False
