@@ -89,6 +89,7 @@ class Daemon:
             "instance": self.instance,
             "streams": sorted(self.stream_ids()),
             "model": bundle.name if bundle else None,
+            "model_embedded": bundle.embedded if bundle else None,
             "version": __version__,
             "stream_stats": {sid: {"latency_s": self.latency.get(sid)} for sid in self.stream_ids()},
         }

@@ -151,6 +151,15 @@ async function apply() {
   }
 }
 
+async function describeModel() {
+  const resp = await fetch("/api/status", { headers: headers() });
+  if (!resp.ok) return;
+  const body = await resp.json();
+  $("model").textContent = body.model_embedded
+    ? `${body.model} (embedded, untrained: the generated video is structured noise)` : body.model;
+}
+
+describeModel().catch(() => {});
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 $("apply").addEventListener("click", apply);
