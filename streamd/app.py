@@ -22,6 +22,7 @@ from . import __version__
 from .config import ServeConfig
 from .control import ReplyCache, handle_command
 from .edges.mqtt import MqttControl
+from .edges.systemd import Notifier, Watchdog
 from .edges.http import StreamHooks, WhepEndpoint, WhipEndpoint, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics
 from .edges.webrtc import restrict_host_addresses
@@ -53,6 +54,9 @@ class Daemon:
         self.mqtt: MqttControl | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
         self.instance = config.instance or socket.gethostname()
+        self.notifier = Notifier()
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._fps_mark: tuple[float, int] = (time.monotonic(), 0)  # for the STATUS frames/s figure
 
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
@@ -113,6 +117,14 @@ class Daemon:
             "streams": sum(1 for s in self.whip.sessions.values() if s.went_live) if self.whip else 0,
             "ready": 1 if self.runner is not None else 0,
         }
+
+    def _status_line(self) -> str:
+        """One line for `systemctl status`: streams and generated frames/s since the last line."""
+        now, frames = time.monotonic(), self.runner.frames_generated if self.runner else 0
+        then, before = self._fps_mark
+        self._fps_mark = (now, frames)
+        fps = (frames - before) / (now - then) if now > then else 0.0
+        return f"{self.state}: {len(self.stream_ids())} streams, {fps:.1f} frames/s"
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): the model is loaded and the engine thread makes progress."""
@@ -223,6 +235,10 @@ class Daemon:
         self.state = "online"
         if self.mqtt is not None:
             self.mqtt.set_state("online")
+        # READY only now: the model is loaded and every listener is bound
+        self.notifier.ready(f"online: model {bundle.name}, http {cfg.http.host}:{cfg.http.port}")
+        self._watchdog_task = asyncio.create_task(
+            Watchdog(self.notifier, lambda: self.readiness()[0], self._status_line).run())
         log.info("listening on http://%s:%d (WHIP at /whip), publishing frames on %s", cfg.http.host,
                  cfg.http.port, self.publisher.endpoint)
 
@@ -248,6 +264,9 @@ class Daemon:
         """Stop in order; returns False when the engine thread did not stop within the timeout."""
         self.state = "stopping"
         log.info("stopping")
+        self.notifier.stopping()
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
         if self.mqtt is not None:
             self.mqtt.set_state("stopping")
         if self.whep is not None:
