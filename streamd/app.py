@@ -175,6 +175,12 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.notify_status()
 
+    def _output_dropped(self, stream_id: str, frames: int) -> None:
+        """Generated frames discarded because publishing fell behind: tell subscribers (seq has no gap)."""
+        if self.publisher is not None and self.runner is not None and self.runner.current_generation(stream_id) is not None:
+            self.publisher.publish_event("drops", stream_id, dropped=frames, reason="output-full")
+            self._mqtt_event("drops", stream_id, dropped=frames, reason="output-full")
+
     def _push_frame(self, stream_id: str, frame: Any) -> None:
         assert self.runner is not None
         self.metrics.frames_received.inc()
@@ -212,6 +218,7 @@ class Daemon:
                 self.metrics.chunk_latency.observe(time.monotonic() - out.cond_arrival)
 
         runner.on_chunk = observe
+        runner.on_output_drop = self._output_dropped
         z = cfg.zmq
         curve = (CurveConfig(z.curve_secret_key, z.curve_public_key, z.curve_allowed_clients)
                  if z.curve_secret_key and z.curve_public_key and z.curve_allowed_clients else None)

@@ -91,6 +91,8 @@ class EngineRunner:
         self.busy_since: float | None = None  # start of the chunk in progress
         self.error: BaseException | None = None
         self.on_chunk: Callable[[ChunkOutput], None] | None = None  # called in the engine thread (metrics)
+        # called on the event loop with (stream id, frames) when a queued chunk is dropped for a newer one
+        self.on_output_drop: Callable[[str, int], None] | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -155,10 +157,12 @@ class EngineRunner:
     # ------------------------------------------------------------------------------------------ outputs
     def _emit(self, out: ChunkOutput) -> None:
         with self._outputs_lock:
-            if len(self._outputs) >= self.output_capacity:
-                old = self._outputs.popleft()
+            old = self._outputs.popleft() if len(self._outputs) >= self.output_capacity else None
+            if old is not None:
                 self.drops["output-full"] += len(old.frames)
             self._outputs.append(out)
+        if old is not None and self._loop is not None and self.on_output_drop is not None:
+            self._loop.call_soon_threadsafe(self.on_output_drop, old.stream_id, len(old.frames))
         if self._loop is not None and self._output_ready is not None:
             self._loop.call_soon_threadsafe(self._output_ready.set)
 

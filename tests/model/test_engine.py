@@ -193,3 +193,28 @@ def test_live_pacing_keeps_output_near_real_time(pipe: ContinuationPipeline) -> 
         time.sleep(0.01)
     # the second chunk waited until its frames were no more than 0.5 s ahead of real time
     assert time.monotonic() - started >= 16 / 15 - 0.5 - 0.05
+
+
+def test_runner_drops_the_oldest_chunk_when_the_network_falls_behind(pipe: ContinuationPipeline) -> None:
+    async def scenario() -> None:
+        core = make_core(pipe)
+        runner = EngineRunner(core, output_capacity=2)
+        dropped: list[tuple[str, int]] = []
+        runner.on_output_drop = lambda sid, n: dropped.append((sid, n))
+        core.add_stream("a", fast(), H, W)
+        runner.open_slot("a")
+        runner.start()
+        try:
+            for frame in synthetic_clip(13, H, W).frames:
+                runner.push_frame("a", frame)
+            while runner.chunks < 6:  # nobody consumes: the queue keeps the 2 newest chunks
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+        finally:
+            assert runner.stop(timeout=30)
+        first = runner.get_nowait()
+        assert first is not None and first.chunk >= 4
+        assert runner.drops["output-full"] == 16 * (runner.chunks - 2)
+        assert dropped and all(sid == "a" and n == 16 for sid, n in dropped)
+
+    asyncio.run(scenario())
