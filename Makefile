@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TORCH ?= torch==2.13.0
 
 # Debian packages the tests need, as "command:package" pairs.
-SYSTEM_DEPS ?= mosquitto:mosquitto systemd-analyze:systemd chromium:chromium
+SYSTEM_DEPS ?= mosquitto:mosquitto systemd-analyze:systemd chromium:chromium openssl:openssl
 
 .PHONY: all demo test install system-deps clean
 

@@ -568,7 +568,8 @@ def make_certificates(workdir: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("the TLS test needs the openssl command to make certificates")
+        pytest.fail("the TLS test needs the openssl command; install it with: apt-get install -y openssl",
+                    pytrace=False)
     ca, ca_key = workdir / "ca.crt", workdir / "ca.key"
     cert, key, csr = workdir / "server.crt", workdir / "server.key", workdir / "server.csr"
     ext = workdir / "san.ext"
