@@ -24,7 +24,7 @@ from .control import ReplyCache, handle_command
 from .edges.mqtt import MqttControl
 from .edges.systemd import Notifier, Watchdog
 from .edges.http import StreamHooks, WhepEndpoint, WhipEndpoint, build_app
-from .edges.metrics import CONTENT_TYPE, Metrics
+from .edges.metrics import CONTENT_TYPE, Metrics, Readings
 from .edges.webrtc import restrict_host_addresses
 from .edges.zmq import CurveConfig, FramePublisher
 from .engine.core import EngineConfig, EngineCore, StreamParams
@@ -106,7 +106,7 @@ class Daemon:
             self.mqtt.publish_event({"event": event, "stream": stream, "time_ns": time.time_ns(), **fields})
 
     # ------------------------------------------------------------------------------------------ readings
-    def _readings(self) -> dict[str, Any]:
+    def _readings(self) -> Readings:
         runner, pub = self.runner, self.publisher
         return {
             "dropped": dict(runner.drops) if runner else {},
@@ -191,8 +191,8 @@ class Daemon:
         """Load the model, start the engine and the edges; raises when a listener cannot bind."""
         cfg = self.config
         restrict_host_addresses(cfg.webrtc.host_addresses)
-        if cfg.mqtt.broker is not None:  # first, so that the broker sees "starting" while the model loads
-            m = cfg.mqtt
+        m = cfg.mqtt
+        if m.broker is not None:  # first, so that the broker sees "starting" while the model loads
             host, _, port = m.broker.rpartition(":")
             self.mqtt = MqttControl(self, host.strip("[]"), int(port), m.prefix or f"streamd/{self.instance}",
                                     username=m.username, password=m.password, tls=m.tls, ca_file=m.ca_file,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ class ContinuationPipeline:
         """Frame sizes must be multiples of this (codec downsampling x patch size)."""
         return self.codec.spatial_factor * self.dit.config.patch_size[1]
 
-    def default_params(self, **overrides: object) -> ChunkParams:
+    def default_params(self, **overrides: Any) -> ChunkParams:
         """The model's sampling defaults with `overrides` applied."""
         d = self.bundle.defaults
         return replace(ChunkParams(steps=d.steps, schedule=d.schedule, guidance=d.guidance), **overrides)

@@ -274,6 +274,9 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
                 raise
             code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "bad-request")
             return _error(exc.status, code, exc.reason, dict(exc.headers) if exc.status == 405 else None)
+        except Exception:  # a bug must not leave the client without a protocol answer
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, "internal", "internal error; see the daemon's log")
 
     no_store = {"Cache-Control": "no-store"}
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import aioice.ice
+import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -58,7 +59,8 @@ def parse_offer(sdp: str) -> SessionDescription:
         raise WhipError(422, "no-video", "the offer has no video section the daemon can receive "
                                          "(VP8 or H.264, sendonly or sendrecv)")
     for m in parsed.media:
-        if m.kind in ("audio", "video") and (not m.ice.usernameFragment or not m.ice.password or m.dtls is None):
+        if m.kind in ("audio", "video") and (m.ice is None or not m.ice.usernameFragment or not m.ice.password
+                                             or m.dtls is None):
             raise WhipError(400, "bad-sdp", f"the {m.kind} section lacks ICE credentials or a DTLS fingerprint")
     return parsed
 
@@ -199,6 +201,8 @@ class WhipSession:
             await self.connected.wait()  # the setup watchdog closes a session that never connects
             while True:
                 frame = await asyncio.wait_for(track.recv(), timeout)
+                if not isinstance(frame, av.VideoFrame):  # a video track yields video frames; be sure
+                    continue
                 self.frames += 1
                 self._on_frame(self.stream_id, frame.to_ndarray(format="rgb24"))
         except asyncio.TimeoutError:

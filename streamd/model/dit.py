@@ -30,8 +30,9 @@ from .rope import apply_rope, rope_tables
 _ROPE_CACHE_ENTRIES = 16
 
 
-def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a linear layer in fp32 whatever the model dtype (modulation paths are fp32 in the reference)."""
+    assert isinstance(layer, nn.Linear)
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
 
