@@ -29,11 +29,27 @@ class Preset:
     schedule: str
     guidance: float
     description: str
+    shift: float = 12.0  # flow-matching time shift of the sampler (and of training)
+    weights: str | None = None  # folder under streamd/model/weights/ holding a trained checkpoint, or None
 
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
+        config=DiTConfig(hidden_size=192, depth=4, num_heads=4, caption_channels=64, adaln_tembed_dim=128),
+        height=64,
+        width=112,
+        text_max_length=32,
+        steps=8,
+        schedule="base",
+        guidance=3.0,
+        shift=3.0,
+        weights="tiny",
+        description="embedded LongCat-architecture model trained by `streamd train` on procedural video "
+                    "(moving shapes, pans, zooms, rotation, brightness drift over textures), 64x112",
+    ),
+    "tiny-random": Preset(
+        name="tiny-random",
         config=DiTConfig(hidden_size=96, depth=2, num_heads=4, caption_channels=64, adaln_tembed_dim=64),
         height=128,
         width=224,
@@ -41,7 +57,8 @@ PRESETS: dict[str, Preset] = {
         steps=8,
         schedule="base",
         guidance=4.0,
-        description="embedded untrained LongCat-architecture model (96 wide, 2 blocks, random weights)",
+        description="embedded untrained LongCat-architecture model (96 wide, 2 blocks, random weights; "
+                    "for equivalence tests)",
     ),
     "small": Preset(
         name="small",
@@ -79,6 +96,25 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         known = ", ".join([*PRESETS, LONGCAT_PRESET.name])
         raise ValueError(f"unknown embedded model {name!r} (known: {known}, or a checkpoint folder)") from None
+
+
+@torch.no_grad()
+def init_training(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The usual DiT start for training, seeded: Xavier-uniform matrices, zero biases, unit norm weights, and
+    zeroed adaLN modulations and output layer, so every block starts as the identity and the output as zero."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "adaLN_modulation" in name or name.startswith("final_layer.linear"):
+            param.zero_()
+        elif param.ndim >= 2:
+            fan_out, fan_in = param.shape[0], param[0].numel()
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            param.copy_((torch.rand(param.shape, generator=gen) * 2 - 1) * bound)
+        elif name.endswith("norm.weight") or "_norm." in name:
+            param.fill_(1.0)
+        else:
+            param.zero_()
+    return model
 
 
 @torch.no_grad()
