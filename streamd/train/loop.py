@@ -46,7 +46,7 @@ class TrainConfig:
     """Hyper-parameters of one training run (the defaults made the shipped `tiny` weights)."""
 
     preset: str = "tiny"
-    steps: int = 10000
+    steps: int = 9000
     batch: int = 8
     lr: float = 6e-4
     warmup: int = 300
