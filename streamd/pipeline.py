@@ -17,9 +17,7 @@ import torch
 from .model.bundle import ModelBundle, load_model
 from .model.kvcache import KVCache
 from .model.vae import latent_frames, pixel_frames
-from .sampling import SCHEDULE_NAMES, Schedule, euler_step, guided_velocity, make_schedule, read_shift
-
-DEFAULT_SHIFT = 12.0
+from .sampling import SCHEDULE_NAMES, Schedule, euler_step, guided_velocity, make_schedule
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps total)
 
@@ -78,8 +76,7 @@ class ContinuationPipeline:
         self.dit = bundle.dit
         self.codec = bundle.codec
         self.text = bundle.text
-        config_path = bundle.root / "scheduler" / "scheduler_config.json" if bundle.root else None
-        self.shift = read_shift(config_path) if config_path else DEFAULT_SHIFT
+        self.shift = bundle.shift  # the scheduler config's, or the random preset's
 
     @classmethod
     def from_spec(

@@ -1,22 +1,33 @@
 """Which parts make a runnable model: the DiT, a text encoder, a codec and their defaults.
 
-A model is named either by an embedded preset (`tiny`, `small`: no file needed) or by a LongCat-Video checkpoint
-folder laid out as published (`dit/`, `text_encoder/`, `tokenizer/`, `vae/`, `scheduler/`, optional `lora/`).
+A model is named either by an embedded preset or by a LongCat-Video checkpoint folder laid out as published
+(`dit/`, `text_encoder/`, `tokenizer/`, `vae/`, `scheduler/`, optional `lora/`).
+
+Embedded presets need no download. A preset with `weights` (the default `tiny`) is trained: its DiT loads through
+the same strict loader as a published checkpoint, from `streamd/model/weights/<weights>/dit`, and its sampler
+shift from that folder's `scheduler/scheduler_config.json`. A preset without weights (`tiny-random`, `small`) is
+the architecture with deterministic random weights, for equivalence tests and benchmarks.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..sampling import read_shift
+from .config import DiTConfig
 from .dit import LongCatVideoDiT
 from .loading import CheckpointError
-from .presets import PRESETS, build_dit, get_preset
+from .presets import PRESETS, Preset, build_dit, get_preset
 from .text import EmbeddedTextEncoder, PromptCache, UMT5TextEncoder
 from .vae import EmbeddedCodec, VideoCodec, WanVAECodec
 
+# Trained weights of the embedded presets ship inside the package, one checkpoint folder per preset.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 DISTILL_LORA = Path("lora") / "cfg_step_lora.safetensors"
 # Prompt embeddings kept per model; a live daemon sees a handful of prompts at a time.
 PROMPT_CACHE_ENTRIES = 64
@@ -44,11 +55,15 @@ class ModelBundle:
     width: int
     defaults: SamplingDefaults
     root: Path | None  # checkpoint folder, None for an embedded preset
+    shift: float  # flow-matching time shift of the sampler (from the scheduler config, or the preset's)
+    trained: bool  # learned weights (a checkpoint, or a preset shipped with weights); False: random weights
+    preset: str | None = None  # the embedded preset's name; None for a checkpoint folder
+    weights_dir: Path | None = None  # where the DiT weights came from; None for random weights
 
     @property
     def embedded(self) -> bool:
-        """True for an embedded (untrained, random-weight) preset."""
-        return self.root is None
+        """Deprecated (use `trained` and `preset`): True for an embedded preset with random weights."""
+        return self.preset is not None and not self.trained
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -71,24 +86,13 @@ def load_model(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
     if isinstance(spec, str) and spec in PRESETS:
-        preset = get_preset(spec)
-        return ModelBundle(
-            name=preset.name,
-            description=preset.description,
-            dit=build_dit(preset, device=device, dtype=dtype),
-            text=PromptCache(
-                EmbeddedTextEncoder(preset.config.caption_channels, max_length=preset.text_max_length),
-                capacity=PROMPT_CACHE_ENTRIES,
-            ),
-            codec=EmbeddedCodec(device=device, dtype=torch.float32),
-            height=preset.height,
-            width=preset.width,
-            defaults=SamplingDefaults(preset.schedule, preset.steps, preset.guidance),
-            root=None,
-        )
+        return _load_preset(get_preset(spec), device, dtype)
     root = Path(spec)
     if not root.is_dir():
         raise CheckpointError(f"{spec!r} is neither an embedded model ({', '.join(PRESETS)}) nor a checkpoint folder")
+    if (root / "dit").is_dir() and not (root / "text_encoder").is_dir():
+        # a folder written by `streamd train`: an embedded architecture, with the embedded text encoder and codec
+        return _load_preset(_preset_of(root / "dit"), device, dtype, folder=root)
     for part in ("dit", "text_encoder", "tokenizer", "vae"):
         if not (root / part).is_dir():
             raise CheckpointError(f"checkpoint {root} lacks its {part}/ folder")
@@ -110,4 +114,67 @@ def load_model(
         width=832,
         defaults=defaults,
         root=root,
+        shift=read_shift(root / SCHEDULER_CONFIG),
+        trained=True,
+        weights_dir=root / "dit",
+    )
+
+
+def preset_weights(preset: Preset) -> Path | None:
+    """The checkpoint folder shipped for `preset` (holding `dit/` and `scheduler/`), None if it has none."""
+    return WEIGHTS_DIR / preset.weights if preset.weights else None
+
+
+def _preset_of(dit_dir: Path) -> Preset:
+    """The embedded preset whose DiT config `dit_dir/config.json` has (trained presets first)."""
+    config = DiTConfig.from_dict(json.loads((dit_dir / "config.json").read_text()))
+    for preset in sorted(PRESETS.values(), key=lambda p: p.weights is None):
+        if preset.config == config:
+            return preset
+    raise CheckpointError(f"{dit_dir} has no text_encoder/ beside it and its config matches no embedded preset "
+                          f"({', '.join(PRESETS)})")
+
+
+def _load_preset(
+    preset: Preset, device: torch.device, dtype: torch.dtype, folder: Path | None = None
+) -> ModelBundle:
+    """An embedded preset: trained weights through the strict loader, or deterministic random ones.
+
+    The weights come from `folder` (a `streamd train` output) when given, else from the preset's shipped folder.
+    """
+    folder = folder or preset_weights(preset)
+    if folder is None:
+        dit, shift = build_dit(preset, device=device, dtype=dtype), preset.shift
+    else:
+        if not (folder / "dit").is_dir():
+            raise CheckpointError(f"the weights of preset {preset.name!r} are missing: no {folder / 'dit'} "
+                                  "(a broken install; reinstall streamd or run `streamd train`)")
+        dit = LongCatVideoDiT.from_pretrained(folder / "dit", device=device, dtype=dtype)
+        if dit.config != preset.config:
+            # the strict loader checked the weights against dit/config.json; the preset's own resolution,
+            # text length and defaults assume its config, so a different one is a packaging error
+            raise CheckpointError(f"{folder / 'dit' / 'config.json'} does not match preset {preset.name!r}")
+        if not (folder / SCHEDULER_CONFIG).is_file():
+            # read_shift would fall back to 12, a schedule these weights were not trained for
+            raise CheckpointError(f"the weights of preset {preset.name!r} lack {folder / SCHEDULER_CONFIG}")
+        shift = read_shift(folder / SCHEDULER_CONFIG)
+    trained_elsewhere = folder is not None and folder != preset_weights(preset)
+    return ModelBundle(
+        name=str(folder) if trained_elsewhere else preset.name,
+        description=(f"the {preset.name} architecture trained by `streamd train` into {folder}" if trained_elsewhere
+                     else preset.description),
+        dit=dit,
+        text=PromptCache(
+            EmbeddedTextEncoder(preset.config.caption_channels, max_length=preset.text_max_length),
+            capacity=PROMPT_CACHE_ENTRIES,
+        ),
+        codec=EmbeddedCodec(device=device, dtype=torch.float32),
+        height=preset.height,
+        width=preset.width,
+        defaults=SamplingDefaults(preset.schedule, preset.steps, preset.guidance),
+        root=None,
+        shift=shift,
+        trained=folder is not None,
+        preset=preset.name,
+        weights_dir=folder / "dit" if folder is not None else None,
     )
