@@ -1,4 +1,4 @@
-"""The `streamd` command: continue, demo, bench."""
+"""The `streamd` command: continue, demo, train, serve, send, subscribe, bench."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="how long to send live video")
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+
+    p = sub.add_parser("train", help="train the embedded model on procedural video (resumes from --out)")
+    p.add_argument("--out", type=Path, default=Path("out/train"),
+                   help="output folder: train_state.pt (resumed from when present), dit/, scheduler/, train.json")
+    p.add_argument("--steps", type=_positive_int, help="optimiser steps in all (default: the recipe's 9000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the noise")
+    p.add_argument("--fresh", action="store_true", help="start over, ignoring a state file in --out")
 
     p = sub.add_parser("serve", help="run the daemon: WHIP in, ZeroMQ out")
     p.add_argument("--config", type=Path, help="TOML config file (STREAMD_* variables and flags override it)")
@@ -107,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
+    p = bsub.add_parser("quality", help="continuation quality on held-out clips vs copy-last and linear "
+                                        "extrapolation; 60 s drift; prompt effect")
+    p.add_argument("--model", default="tiny", help="an embedded model, a `streamd train` folder or a checkpoint")
+    p.add_argument("--clips", type=_positive_int, default=24, help="held-out moving clips to continue")
+    p.add_argument("--prompt-scenes", type=int, default=16, help="scenes of the prompt-effect figure (0: skip)")
+    p.add_argument("--drift-seconds", type=float, default=60.0, help="self-continuation length (0: skip)")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated noise")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     return parser
 
 
@@ -126,7 +144,7 @@ def _progress_bar(total_label: str):  # -> (callback, close)
 def _pipeline_and_params(args: argparse.Namespace):
     import torch
 
-    from .engine.core import StreamParams
+    from .engine.params import StreamParams
     from .pipeline import ContinuationPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,8 +155,9 @@ def _pipeline_and_params(args: argparse.Namespace):
 
 
 def _describe(pipeline) -> str:
+    """One line naming the model; random-weight presets say that their output is noise, not a continuation."""
     b = pipeline.bundle
-    note = " -- an UNTRAINED architecture model: expect structured noise, not a real continuation" if b.embedded else ""
+    note = "" if b.trained else " -- RANDOM WEIGHTS (untrained): expect structured noise, not a real continuation"
     return f"model: {b.name} ({b.description}){note}"
 
 
@@ -187,6 +206,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result["daemon_exit"] == 0 else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """`streamd train`: the recipe of the shipped `tiny` weights (deterministic by seed, resumable)."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from .train.loop import STATE_FILE, TrainConfig, train
+
+    config = TrainConfig(seed=args.seed)
+    if args.steps is not None:
+        config = dataclasses.replace(config, steps=args.steps)
+    state = args.out / STATE_FILE
+    resuming = state.exists() and not args.fresh
+    print(f"training {config.preset} for {config.steps} steps of {config.batch} clips, seed {config.seed}; "
+          + (f"resuming from {state}" if resuming else f"state every {config.checkpoint_every} steps in {state}"),
+          file=sys.stderr)
+    bar = tqdm(total=config.steps, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def update(step: int, total: int, loss: float) -> None:
+        if bar.n == 0 and step > 1:  # a resumed run starts part-way
+            bar.reset(total=total)
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.refresh()
+
+    try:
+        trainer = train(config, args.out, fresh=args.fresh, progress=update)
+    finally:
+        bar.close()
+    final = trainer.losses[-1] if trainer.losses else None
+    print(f"trained {trainer.step_index} steps ({trainer.samples} clips) in {trainer.seconds:.0f} s of training "
+          f"time" + (f", last 100-step mean loss {final:.4f}" if final is not None else ""))
+    print(f"checkpoint: {args.out / 'dit'} (+ {args.out / 'scheduler'}, {args.out / 'train.json'}); "
+          f"resume state: {state}")
+    print(f"try it:     streamd continue IN.mp4 -o OUT.mp4 --model {args.out}   (ship it: copy dit/ and "
+          f"scheduler/ to streamd/model/weights/{config.preset}/)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """`streamd bench ...`: print one JSON object."""
     from .bench.denoise import DenoiseBenchConfig, run_denoise_bench
@@ -198,6 +256,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = run_e2e_bench(E2EConfig(model=args.model, seconds=args.seconds, steps=args.steps,
                                          guidance=args.guidance, out_dir=args.out))
+    elif args.bench == "quality":
+        from .bench.quality import QualityBenchConfig, run_quality_bench
+
+        result = run_quality_bench(QualityBenchConfig(
+            model=args.model, clips=args.clips, prompt_scenes=args.prompt_scenes, drift_seconds=args.drift_seconds,
+            steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
+        ))
     elif args.bench == "stream":
         result = run_stream_bench(StreamBenchConfig(
             model=args.model, streams=args.streams, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
@@ -231,7 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides: dict[str, object] = {
         "model.spec": args.model, "model.device": args.device, "zmq.endpoint": args.zmq, "http.token": args.token,
-        "max_streams": args.max_streams,
+        "engine.max_streams": args.max_streams,
         "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
         "mqtt.broker": args.mqtt, "mqtt.prefix": args.mqtt_prefix, "instance": args.instance,
         "log_level": args.log_level,
@@ -275,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # ICE and RTP libraries log every candidate pair at INFO
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    handlers = {"continue": cmd_continue, "demo": cmd_demo, "bench": cmd_bench, "serve": cmd_serve,
-                "send": cmd_send, "subscribe": cmd_subscribe}
+    handlers = {"continue": cmd_continue, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench,
+                "serve": cmd_serve, "send": cmd_send, "subscribe": cmd_subscribe}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
