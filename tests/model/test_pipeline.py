@@ -1,4 +1,5 @@
-"""ContinuationPipeline on the embedded tiny model, and the `continue` / `bench denoise` commands."""
+"""ContinuationPipeline on the random-weight tiny-random model (arbitrary weights, 128x224), and the `continue` /
+`bench denoise` commands; tests/model/test_meaning.py checks the trained `tiny`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from streamd.pipeline import ChunkParams, ContinuationPipeline
 
 @pytest.fixture(scope="module")
 def pipe() -> ContinuationPipeline:
-    return ContinuationPipeline.from_spec("tiny")
+    return ContinuationPipeline.from_spec("tiny-random")
 
 
 def cond_frames(pipe: ContinuationPipeline, h: int = 64, w: int = 96) -> np.ndarray:
@@ -74,9 +75,10 @@ def test_continue_command_writes_the_continuation(tmp_path: Path) -> None:
     clip = synthetic_clip(20, 96, 160, fps=15.0)
     write_video(src, clip.frames, fps=clip.fps)
     out = tmp_path / "out.mp4"
-    proc = run_cli("continue", str(src), "-o", str(out), "--segments", "2", "--steps", "2", "--prompt", "fox")
+    proc = run_cli("continue", str(src), "-o", str(out), "--segments", "2", "--steps", "2", "--prompt", "fox",
+                   "--model", "tiny-random")
     assert proc.returncode == 0, proc.stderr
-    assert "UNTRAINED" in proc.stderr and str(out) in proc.stdout
+    assert "RANDOM WEIGHTS" in proc.stderr and str(out) in proc.stdout
     result = read_video(out)
     assert result.frames.shape == (13 + 2 * 16, 128, 224, 3)
     assert result.fps == pytest.approx(15.0)
@@ -92,7 +94,7 @@ def test_continue_command_reports_bad_input(tmp_path: Path) -> None:
 
 
 def test_bench_denoise_json() -> None:
-    proc = run_cli("bench", "denoise", "--json", "--model", "tiny", "--repeats", "1")
+    proc = run_cli("bench", "denoise", "--json", "--model", "tiny-random", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for key in ("cached_step_s", "uncached_step_s", "speedup", "flop_speedup", "max_abs_diff", "output_rms",
