@@ -155,8 +155,17 @@ async function describeModel() {
   const resp = await fetch("/api/status", { headers: headers() });
   if (!resp.ok) return;
   const body = await resp.json();
-  $("model").textContent = body.model_embedded
-    ? `${body.model} (embedded, untrained: the generated video is structured noise)` : body.model;
+  $("model").textContent = modelText(body);
+}
+
+// Names the model and what it learned from; a random-weight model says that its output is noise.
+function modelText(body) {
+  if (!body.model) return "–";
+  // model_embedded (older daemons) meant "an embedded preset with random weights"
+  if (body.model_trained === false || body.model_embedded === true) {
+    return `${body.model} (random weights, untrained: the generated video is structured noise)`;
+  }
+  return body.model_description ? `${body.model}: ${body.model_description}` : body.model;
 }
 
 describeModel().catch(() => {});
