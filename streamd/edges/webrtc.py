@@ -3,6 +3,9 @@
 A session lives until its client DELETEs it, its peer connection fails or closes, its peer never connects within
 the setup timeout, or it sends no video for the media timeout; then everything it held is released (peer
 connection, engine stream, frame slot, publisher state).
+
+Each received frame is converted to RGB at the stream's working size here, once, by libswscale (one pass for
+colour conversion and scaling), so that the engine thread never resizes frames it may not even use.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import aioice.ice
 import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -24,6 +28,15 @@ from ..config import WebRtcSettings
 
 log = logging.getLogger(__name__)
 
+MIN_FRAME_SIDE = 2  # received frames with a side outside MIN..MAX_FRAME_SIDE px are dropped (and counted)
+MAX_FRAME_SIDE = 4096  # a 16K frame is a mistake or abuse; refusing it bounds the conversion's memory and time
+# libswscale's bicubic widens its filter when shrinking, so downscaling is antialiased. One thread: frames are
+# small after scaling, and the event loop must not fan out over the cores the engine uses.
+SCALER = "BICUBIC"
+SCALER_THREADS = 1
+# Bound of the scaled intermediate, in target areas: a frame whose cover would exceed it is cut before scaling
+MAX_SCALED_OVER_TARGET = 4
+
 
 class WhipError(Exception):
     """A request the WHIP endpoint refuses: HTTP status, error code (protocols/http.md) and detail."""
@@ -31,6 +44,55 @@ class WhipError(Exception):
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
+
+
+class FrameSizeError(ValueError):
+    """A received frame (or a requested working size) with a side outside MIN..MAX_FRAME_SIDE pixels."""
+
+
+def _check_size(height: int, width: int, what: str) -> None:
+    if not (MIN_FRAME_SIDE <= height <= MAX_FRAME_SIDE and MIN_FRAME_SIDE <= width <= MAX_FRAME_SIDE):
+        raise FrameSizeError(f"{what} {width}x{height} is outside {MIN_FRAME_SIDE}..{MAX_FRAME_SIDE} px per side")
+
+
+def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A received frame as an RGB uint8 array [height, width, 3] at `size` = (height, width).
+
+    The frame is scaled, keeping its aspect ratio, until it covers the target, and whatever sticks out is cut
+    evenly from both sides (no distortion, no borders); the crop is a view into the scaled array. A frame
+    already at `size`, or any frame when `size` is None, is only converted to RGB. Raises FrameSizeError when a
+    side of the frame or of `size` is outside MIN..MAX_FRAME_SIDE pixels.
+    """
+    h, w = frame.height, frame.width
+    _check_size(h, w, "frame size")
+    if size is None or (h, w) == tuple(size):
+        return frame.to_ndarray(format="rgb24")
+    th, tw = size
+    _check_size(th, tw, "target size")
+    scale = max(th / h, tw / w)
+    # rounding may land one pixel short of the target; max() keeps the cover guarantee
+    sh, sw = max(th, round(h * scale)), max(tw, round(w * scale))
+    if sh * sw > MAX_SCALED_OVER_TARGET * th * tw:
+        return _crop_then_scale(frame, th, tw, scale)
+    scaled = frame.reformat(width=sw, height=sh, format="rgb24", interpolation=SCALER,
+                            threads=SCALER_THREADS).to_ndarray()  # [sh, sw, 3]
+    top, left = (sh - th) // 2, (sw - tw) // 2
+    return scaled[top:top + th, left:left + tw]
+
+
+def _crop_then_scale(frame: av.VideoFrame, th: int, tw: int, scale: float) -> np.ndarray:
+    """An elongated frame: cut the part that is kept at source resolution first, then scale only that.
+
+    Scaling first would make an intermediate that grows with the aspect ratio (2x4096 px to cover 128x224 is
+    128x262144 px, 100 MB and 0.15 s on the event loop); the cut region is at most the frame, and since an
+    elongated frame within 4096 px per side is thin, it is small. Two passes, for rare frames only.
+    """
+    h, w = frame.height, frame.width
+    ch, cw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    kept = frame.to_ndarray(format="rgb24")[top:top + ch, left:left + cw]  # [ch, cw, 3]
+    cut = av.VideoFrame.from_ndarray(np.ascontiguousarray(kept), format="rgb24")
+    return cut.reformat(width=tw, height=th, interpolation=SCALER, threads=SCALER_THREADS).to_ndarray()
 
 
 def restrict_host_addresses(addresses: tuple[str, ...]) -> None:
@@ -103,17 +165,25 @@ def parse_sdpfrag(body: str) -> TrickleFragment:
 
 
 class WhipSession:
-    """One WHIP publisher: its peer connection, its engine stream and the task that reads its video."""
+    """One WHIP publisher: its peer connection, its engine stream and the task that reads its video.
+
+    Every received video frame reaches `on_frame` as RGB uint8 [height, width, 3] at `frame_size` (see
+    `frame_to_rgb`; None keeps each frame's own size). Frames that cannot be converted are dropped and counted
+    in `frames_refused`.
+    """
 
     def __init__(
         self,
         session_id: str,
         stream_id: str,
         settings: WebRtcSettings,
-        on_frame: Callable[[str, Any], None],
-        on_close: Callable[["WhipSession", str], Awaitable[None]],
+        on_frame: Callable[[str, np.ndarray], None],
+        on_close: Callable[[WhipSession, str], Awaitable[None]],
         on_live: Callable[[str], None],
+        frame_size: tuple[int, int] | None = None,
     ) -> None:
+        if frame_size is not None:
+            _check_size(frame_size[0], frame_size[1], "working size")  # a wiring bug: fail the POST, loudly
         self.session_id = session_id
         self.stream_id = stream_id
         self.etag = f'"{secrets.token_hex(8)}"'
@@ -126,7 +196,9 @@ class WhipSession:
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
         self.connected = asyncio.Event()
-        self.frames = 0
+        self.frame_size = frame_size
+        self.frames = 0  # frames handed to on_frame
+        self.frames_refused = 0  # frames dropped at ingest (size out of bounds, or conversion failed)
         self.remote_ufrag: str | None = None
         self.created = time.monotonic()
         self.pc.on("track", self._on_track)
@@ -203,8 +275,13 @@ class WhipSession:
                 frame = await asyncio.wait_for(track.recv(), timeout)
                 if not isinstance(frame, av.VideoFrame):  # a video track yields video frames; be sure
                     continue
+                try:
+                    image = frame_to_rgb(frame, self.frame_size)
+                except (FrameSizeError, av.FFmpegError, ValueError) as exc:
+                    self._refuse(exc)
+                    continue
                 self.frames += 1
-                self._on_frame(self.stream_id, frame.to_ndarray(format="rgb24"))
+                self._on_frame(self.stream_id, image)
         except asyncio.TimeoutError:
             reason = "media-timeout"
         except MediaStreamError:
@@ -212,6 +289,13 @@ class WhipSession:
         except asyncio.CancelledError:
             return
         await self.close(reason)
+
+    def _refuse(self, exc: Exception) -> None:
+        self.frames_refused += 1
+        n = self.frames_refused
+        # log the 1st, 2nd, 4th, 8th... refusal: a sender stuck on a bad size cannot flood the log
+        if n & (n - 1) == 0:
+            log.warning("session %s: dropped received frame (%d so far): %s", self.session_id[:6], n, exc)
 
     async def close(self, reason: str) -> None:
         """Release everything the session holds (idempotent)."""

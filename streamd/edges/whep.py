@@ -1,8 +1,10 @@
 """WHEP egress: play a stream's generated video to a WebRTC viewer (browser, OBS, GStreamer).
 
-Generated chunks arrive in bursts (16 frames at once); each viewer's track releases them at the model's frame rate
-from their presentation timestamps, so playback is smooth and correctly timed. Bounds: at most
-`VIEWER_QUEUE_FRAMES` frames wait per viewer (oldest dropped), at most `max_viewers` viewers.
+`WhepEndpoint` owns the HTTP resources (POST /whep[/<stream>], DELETE /whep/session/<id>), `WhepViewer` one
+viewer's peer connection, `GeneratedTrack` its paced video track. Generated chunks arrive in bursts (16 frames at
+once); each viewer's track releases them at the model's frame rate from their presentation timestamps, so
+playback is smooth and correctly timed. Bounds: at most `VIEWER_QUEUE_FRAMES` frames wait per viewer (oldest
+dropped), at most `max_viewers` viewers.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import fractions
 import logging
 import time
 from collections import deque
+from typing import Protocol
 
 import av
 import numpy as np
+from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
+from .http import RETRY_AFTER_S, SDP, RequestChecks
 from .webrtc import WhipError, new_session_id
 
 log = logging.getLogger(__name__)
 
 VIEWER_QUEUE_FRAMES = 64  # about 4 s at 15 fps: a viewer further behind loses its oldest frames
 VIDEO_CLOCK = 90_000  # RTP video clock rate
+DEFAULT_MAX_VIEWERS = 16  # viewers in all, across streams: each one costs an encoder on the event loop
 
 
 class GeneratedTrack(VideoStreamTrack):
@@ -105,3 +111,91 @@ class WhepViewer:
             self.closed = True
             self.track.stop()
             await self.pc.close()
+
+
+class PlaybackSource(Protocol):
+    """What WHEP needs from the ingest side (`whip.WhipEndpoint` provides it)."""
+
+    checks: RequestChecks  # the request checks (token, bodies, CORS) of the HTTP surface both share
+
+    def live_streams(self) -> list[str]:
+        """Stream ids that can be watched now, newest first."""
+        ...
+
+
+class WhepEndpoint:
+    """WHEP playback sessions. Bound: at most `max_viewers` viewers in all."""
+
+    def __init__(self, source: PlaybackSource, fps: float, max_viewers: int = DEFAULT_MAX_VIEWERS) -> None:
+        self.source = source
+        self.checks = source.checks
+        self.fps = fps
+        self.max_viewers = max_viewers
+        self.viewers: dict[str, WhepViewer] = {}
+
+    async def options(self, request: web.Request) -> web.Response:
+        """CORS preflight: the same answer as OPTIONS /whip (protocols/http.md)."""
+        return self.checks.preflight("OPTIONS, POST", {"Accept-Post": SDP})
+
+    async def post(self, request: web.Request) -> web.Response:
+        """Start a viewer of `/whep/<stream>` (or of the newest live stream); 201 with the answer."""
+        self.checks.authorize(request)
+        offer = await self.checks.read_body(request, SDP)
+        if not offer.lstrip().startswith("v=0"):
+            raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
+        live = self.source.live_streams()
+        stream_id = request.match_info.get("stream") or (live[0] if live else None)
+        if stream_id is None or stream_id not in live:
+            raise WhipError(404, "not-found", f"no live stream {stream_id!r}" if stream_id else "no live stream")
+        if len(self.viewers) >= self.max_viewers:
+            raise WhipError(503, "at-capacity", f"{self.max_viewers} viewers at most",
+                            {"Retry-After": str(RETRY_AFTER_S)})
+        viewer = WhepViewer(stream_id, self.fps)
+        try:
+            answer = await viewer.answer(offer)
+        except WhipError:
+            await viewer.close()
+            raise
+        except Exception as exc:
+            await viewer.close()
+            raise WhipError(400, "bad-sdp", f"cannot negotiate the offer: {exc}") from None
+        self.viewers[viewer.session_id] = viewer
+
+        @viewer.pc.on("connectionstatechange")
+        async def _state() -> None:
+            if viewer.pc.connectionState in ("failed", "closed"):
+                await self._drop(viewer.session_id)
+
+        log.info("viewer %s watching stream %s", viewer.session_id[:6], stream_id)
+        headers = {**self.checks.cors(), "Location": f"/whep/session/{viewer.session_id}",
+                   "ETag": f'"{viewer.session_id[:8]}"', "Streamd-Stream-Id": stream_id}
+        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """End a viewer at its client's request."""
+        self.checks.authorize(request)
+        if request.match_info["session"] not in self.viewers:
+            raise WhipError(404, "session-not-found", "no such WHEP session")
+        await self._drop(request.match_info["session"])
+        return web.Response(status=200, headers=self.checks.cors())
+
+    async def _drop(self, session_id: str) -> None:
+        viewer = self.viewers.pop(session_id, None)
+        if viewer is not None:
+            await viewer.close()
+
+    def offer_chunk(self, stream_id: str, frames: np.ndarray, pts_ns: list[int]) -> None:
+        """Hand a generated chunk [F, H, W, 3] to the stream's viewers."""
+        for viewer in self.viewers.values():
+            if viewer.stream_id == stream_id:
+                viewer.track.offer(frames, pts_ns)
+
+    async def close_stream(self, stream_id: str) -> None:
+        """End the viewers of a stream that ended."""
+        for sid in [k for k, v in self.viewers.items() if v.stream_id == stream_id]:
+            await self._drop(sid)
+
+    async def close_all(self) -> None:
+        """End every viewer (shutdown)."""
+        for sid in list(self.viewers):
+            await self._drop(sid)

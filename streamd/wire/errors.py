@@ -1,8 +1,8 @@
 """HTTP error bodies (protocols/http.md section 8) and the wire codec's exception type.
 
 Every HTTP error response carries `{"error": <code>, "detail": <text>, "status": <int>}` as
-`application/problem+json`. Clients branch on the code, so the codes are constants here and `error_body` refuses
-to pair a known code with a status other than the one the specification gives it.
+`application/problem+json`. Clients branch on the code, so `ERROR_STATUS` is the specification's table of codes
+and their statuses, and `error_body` refuses to pair a known code with any other status.
 """
 
 from __future__ import annotations
@@ -13,50 +13,30 @@ from typing import Mapping
 
 ERROR_CONTENT_TYPE = "application/problem+json"
 
-BAD_REQUEST = "bad-request"
-BAD_STREAM_ID = "bad-stream-id"
-BAD_SDP = "bad-sdp"
-BAD_SDPFRAG = "bad-sdpfrag"
-UNAUTHORIZED = "unauthorized"
-NOT_FOUND = "not-found"
-SESSION_NOT_FOUND = "session-not-found"
-METHOD_NOT_ALLOWED = "method-not-allowed"
-STREAM_IN_USE = "stream-in-use"
-ETAG_MISMATCH = "etag-mismatch"
-BODY_TOO_LARGE = "body-too-large"
-UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
-NO_VIDEO = "no-video"
-ICE_RESTART_UNSUPPORTED = "ice-restart-unsupported"
-IF_MATCH_REQUIRED = "if-match-required"
-INTERNAL = "internal"
-NOT_READY = "not-ready"
-AT_CAPACITY = "at-capacity"
-
-# Read-only so that no caller can change what the specification says at run time.
+# protocols/http.md section 8, code -> status (tests hold the two equal). Read-only so that no caller can change
+# what the specification says at run time.
 ERROR_STATUS: Mapping[str, int] = MappingProxyType(
     {
-        BAD_REQUEST: 400,
-        BAD_STREAM_ID: 400,
-        BAD_SDP: 400,
-        BAD_SDPFRAG: 400,
-        UNAUTHORIZED: 401,
-        NOT_FOUND: 404,
-        SESSION_NOT_FOUND: 404,
-        METHOD_NOT_ALLOWED: 405,
-        STREAM_IN_USE: 409,
-        ETAG_MISMATCH: 412,
-        BODY_TOO_LARGE: 413,
-        UNSUPPORTED_MEDIA_TYPE: 415,
-        NO_VIDEO: 422,
-        ICE_RESTART_UNSUPPORTED: 422,
-        IF_MATCH_REQUIRED: 428,
-        INTERNAL: 500,
-        NOT_READY: 503,
-        AT_CAPACITY: 503,
+        "bad-request": 400,
+        "bad-stream-id": 400,
+        "bad-sdp": 400,
+        "bad-sdpfrag": 400,
+        "unauthorized": 401,
+        "not-found": 404,
+        "session-not-found": 404,
+        "method-not-allowed": 405,
+        "stream-in-use": 409,
+        "etag-mismatch": 412,
+        "body-too-large": 413,
+        "unsupported-media-type": 415,
+        "no-video": 422,
+        "ice-restart-unsupported": 422,
+        "if-match-required": 428,
+        "internal": 500,
+        "not-ready": 503,
+        "at-capacity": 503,
     }
 )
-
-MAX_WHIP_BODY_BYTES = 65_536  # POST /whip and PATCH /whip/<id> bodies; larger ones get 413 body-too-large
 
 _CODE_RE = re.compile(r"[a-z][a-z0-9-]*")
 
