@@ -179,15 +179,20 @@ def cmd_continue(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`streamd demo`: the daemon end to end on this machine; writes the generated video and a contact sheet."""
-    from .e2e import E2EConfig, run_e2e
-    from .media import contact_sheet, read_video
+    """`streamd demo`: the daemon end to end on this machine; writes the generated video and a contact sheet.
 
+    Beside the daemon run, the same model continues the demo's live test pattern and a few held-out procedural
+    clips in-process, so the summary can show conditioning frames next to generated ones and a quality figure.
+    """
+    from .bench.quality import COND_FRAMES, CHUNK_FRAMES, demo_continuations
+    from .e2e import E2EConfig, run_e2e
+    from .media import contact_sheet, continuation_sheet, fit_frames, read_video, synthetic_clip
+    from .pipeline import ContinuationPipeline
+
+    pipeline = ContinuationPipeline.from_spec(args.model, device=None)
+    print(_describe(pipeline), file=sys.stderr)
     print(f"starting streamd serve --model {args.model}; sending {args.seconds:g} s of live video over WHIP",
           file=sys.stderr)
-    if args.model in ("tiny", "small"):
-        print("the embedded model is UNTRAINED (random weights): expect structured noise, not a real continuation",
-              file=sys.stderr)
     result, report = run_e2e(E2EConfig(model=args.model, seconds=args.seconds, steps=args.steps,
                                        guidance=args.guidance, out_dir=args.out))
     if report.frames == 0:
@@ -195,9 +200,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     sheet = args.out / "contact_sheet.png"
     contact_sheet(read_video(args.out / "generated.mp4").frames, path=sheet)
+    # `streamd send`'s test pattern (320x240, seed 0), fitted to the model's size as the daemon does at ingest
+    pattern = fit_frames(synthetic_clip(COND_FRAMES + CHUNK_FRAMES, 240, 320).frames, pipeline.bundle.height,
+                         pipeline.bundle.width)
+    demo = demo_continuations(pipeline, live_pattern=pattern)
+    continuation = args.out / "continuation_sheet.png"
+    scale = max(1, 128 // pipeline.bundle.height)
+    continuation_sheet(demo.rows, scale=scale, path=continuation)
     p50, p95 = result["latency_p50_s"], result["latency_p95_s"]
     print(f"generated video: {result['output']} ({report.frames} frames, {report.gaps} lost)")
-    print(f"contact sheet:   {sheet}")
+    print(f"contact sheet:   {sheet} (frames of the generated video)")
+    print(f"continuation:    {continuation}: per pair of lines, the last 4 conditioning frames | 8 of the 16 "
+          "frames generated from them, and under them the true frames")
+    for i, label in enumerate(demo.labels):
+        print(f"                 row {i + 1}: {label}")
+    s = demo.score
+    print(f"quality:         PSNR at 1/8 scale, frames 5-16, {demo.scored_clips} held-out moving clips: model "
+          f"{s.model_db:.1f} dB, copy-last {s.copy_last_db:.1f} dB ({s.margin_db:+.1f} dB), linear extrapolation "
+          f"{s.linear_db:.1f} dB (full table: streamd bench quality --json)")
     print(f"daemon log:      {args.out / 'daemon.log'}")
     print(f"frames/s out:    {result['fps_out']:.1f} (live pacing holds output near the model's 15 fps)")
     if p50 is not None:

@@ -1,4 +1,5 @@
-"""Video files and frames: MP4 in and out through PyAV, resizing, a synthetic test clip, contact sheets.
+"""Video files and frames: MP4 in and out through PyAV, resizing, a synthetic test clip, contact sheets (and
+continuation sheets: conditioning frames beside the frames generated from them).
 
 Frames are numpy uint8 RGB arrays [F, H, W, 3] (or [H, W, 3] for a single frame). Nothing here imports torch, so
 clients and tools can use these helpers without the model stack.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -308,6 +309,70 @@ def contact_sheet(
         r, c = divmod(i, cols)
         top, left = r * (h + SEPARATOR), c * (w + SEPARATOR)
         sheet[top:top + h, left:left + w] = frame
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sheet).save(path, format="PNG")
+    return sheet
+
+
+CONTINUATION_GAP = 8  # pixels between the conditioning frames and the generated frames of a row
+CONTINUATION_GAP_VALUE = 235  # a light bar: where the model's own frames begin
+
+
+def continuation_sheet(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    cond_shown: int = 4,
+    generated_shown: int = 8,
+    scale: int = 1,
+    path: str | Path | None = None,
+) -> np.ndarray:
+    """Conditioning frames beside the frames generated from them, one continuation per row.
+
+    Each row is (conditioning [Fc, H, W, 3], generated [Fg, H, W, 3], truth [Fg, H, W, 3] or None). A row shows
+    the last `cond_shown` conditioning frames, a light bar, then `generated_shown` evenly spaced generated frames
+    (first and last included). With a truth, a second line under it shows the true frames at the same times
+    (its conditioning cells stay dark), so a viewer can see whether the motion continued. `scale` enlarges every
+    frame by pixel repetition (small model frames are hard to see). Returns the image and writes a PNG when
+    `path` is given.
+    """
+    if not rows or cond_shown < 1 or generated_shown < 1 or scale < 1:
+        raise ValueError("need at least one row, and cond_shown, generated_shown and scale >= 1")
+    lines: list[tuple[np.ndarray, np.ndarray | None]] = []  # (generated or true frames, conditioning or None)
+    size: tuple[int, int] | None = None
+    for cond, gen, truth in rows:
+        cond, gen = _as_frames(cond, "conditioning frames"), _as_frames(gen, "generated frames")
+        if size is None:
+            size = cond.shape[1:3]
+        for part in (cond, gen, *([] if truth is None else [_as_frames(truth, "true frames")])):
+            if part.shape[1:3] != size:
+                raise MediaError(f"every frame of a continuation sheet must be {size[1]}x{size[0]}, "
+                                 f"got {part.shape[2]}x{part.shape[1]}")
+        picks = np.linspace(0, len(gen) - 1, min(generated_shown, len(gen))).round().astype(np.int64)
+        lines.append((gen[picks], cond[-cond_shown:]))
+        if truth is not None:
+            if len(truth) != len(gen):
+                raise MediaError(f"truth has {len(truth)} frames, the generated chunk {len(gen)}")
+            lines.append((truth[picks], None))
+    assert size is not None
+    h, w = size[0] * scale, size[1] * scale
+    cells = generated_shown
+    width = cond_shown * w + (cond_shown - 1) * SEPARATOR + CONTINUATION_GAP + cells * w + (cells - 1) * SEPARATOR
+    height = len(lines) * h + (len(lines) - 1) * SEPARATOR
+    sheet = np.full((height, width, 3), SEPARATOR_VALUE, dtype=np.uint8)
+    left_of_gen = cond_shown * (w + SEPARATOR) - SEPARATOR + CONTINUATION_GAP
+    sheet[:, left_of_gen - CONTINUATION_GAP:left_of_gen] = CONTINUATION_GAP_VALUE
+    for r, (gen_frames, cond_frames) in enumerate(lines):
+        top = r * (h + SEPARATOR)
+        if cond_frames is not None:
+            # right-aligned, so the newest conditioning frame always touches the bar
+            offset = cond_shown - len(cond_frames)
+            for i, frame in enumerate(cond_frames):
+                left = (offset + i) * (w + SEPARATOR)
+                sheet[top:top + h, left:left + w] = frame.repeat(scale, 0).repeat(scale, 1)
+        for i, frame in enumerate(gen_frames):
+            left = left_of_gen + i * (w + SEPARATOR)
+            sheet[top:top + h, left:left + w] = frame.repeat(scale, 0).repeat(scale, 1)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

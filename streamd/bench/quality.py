@@ -478,3 +478,42 @@ def _training_record(bundle: Any) -> dict[str, Any] | None:
         return None
     record = json.loads(path.read_text())
     return {k: record.get(k) for k in ("steps_done", "samples_seen", "train_seconds", "parameters")}
+
+
+# ---------------------------------------------------------------------------------------------------- the demo
+@dataclass
+class DemoContinuations:
+    """What `streamd demo` shows beside the daemon's output: continuations by the bare pipeline and a score."""
+
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (13 conditioning, 16 generated, 16 true) frames
+    labels: list[str]
+    score: ContinuationScore  # over every held-out clip scored (the rows' and more)
+    scored_clips: int
+
+
+def demo_continuations(pipe: ContinuationPipeline, clips: int = 8, shown: int = 3, seed: int = 0,
+                       live_pattern: np.ndarray | None = None) -> DemoContinuations:
+    """Continue `clips` held-out moving clips (their captions as prompts) and score them against copy-last.
+
+    The first `shown` become sheet rows; `live_pattern` (29 frames of the demo's live input at the model's
+    size, when given) is continued too, with an empty prompt as the daemon runs by default, and shown first.
+    """
+    h, w = pipe.bundle.height, pipe.bundle.width
+    params = pipe.default_params(noise_latents=CHUNK_LATENTS)
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    labels: list[str] = []
+    scored = []
+    if live_pattern is not None:
+        cond, truth = live_pattern[:COND_FRAMES], live_pattern[COND_FRAMES:COND_FRAMES + CHUNK_FRAMES]
+        gen = pipe.generate_chunk(cond, "", replace(params, seed=seed)).frames
+        rows.append((cond, gen, truth))
+        labels.append("the demo's live test pattern (no prompt)")
+    for n, (index, scene) in enumerate(moving_clips(clips, h, w)):
+        video = render_scene(scene, COND_FRAMES + CHUNK_FRAMES, h, w)
+        cond, truth = video[:COND_FRAMES], video[COND_FRAMES:]
+        gen = pipe.generate_chunk(cond, scene.caption, replace(params, seed=seed + 1 + n)).frames
+        scored.append((cond, gen, truth))
+        if n < shown:
+            rows.append((cond, gen, truth))
+            labels.append(f"held-out clip {index}: {scene.caption}")
+    return DemoContinuations(rows, labels, score_chunks(scored), len(scored))

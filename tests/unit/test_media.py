@@ -16,6 +16,7 @@ from streamd.media import (
     VideoClip,
     VideoWriter,
     contact_sheet,
+    continuation_sheet,
     fit_frames,
     read_video,
     resize_frames,
@@ -209,3 +210,33 @@ def test_contact_sheet_picks_evenly_spaced_frames() -> None:
         contact_sheet(frames[:0])
     with pytest.raises(ValueError):
         contact_sheet(frames, columns=0)
+
+
+def test_continuation_sheet_puts_conditioning_beside_generated(tmp_path: Path) -> None:
+    def const(values: list[int]) -> np.ndarray:  # one flat 4x6 frame per value
+        return np.array(values, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(6, 2).repeat(3, 3)
+
+    cond, gen, truth = const(list(range(1, 14))), const(list(range(100, 116))), const(list(range(200, 216)))
+    sheet = continuation_sheet([(cond, gen, truth), (cond, gen, None)], cond_shown=4, generated_shown=8,
+                               path=tmp_path / "c.png")
+    cell = 6 + 2  # frame width + separator
+    left_of_gen = 4 * cell - 2 + 8  # four conditioning cells, then the light bar
+    assert sheet.shape == (3 * 4 + 2 * 2, left_of_gen + 8 * cell - 2, 3)
+    # the newest conditioning frames, oldest first, touching the bar
+    assert [int(sheet[0, c * cell, 0]) for c in range(4)] == [10, 11, 12, 13]
+    assert (sheet[:, left_of_gen - 8:left_of_gen] == 235).all()
+    # 8 evenly spaced generated frames (first and last included), the truth at the same times under them
+    picks = [int(sheet[0, left_of_gen + c * cell, 0]) for c in range(8)]
+    assert picks[0] == 100 and picks[-1] == 115 and picks == sorted(picks)
+    assert [int(sheet[6, left_of_gen + c * cell, 0]) for c in range(8)] == [p + 100 for p in picks]
+    assert (sheet[6, :4 * cell - 2] == 24).all()  # no conditioning on the truth line
+    assert int(sheet[12, 0, 0]) == 10  # the second continuation, without truth, is one line
+    assert Image.open(tmp_path / "c.png").size == (sheet.shape[1], sheet.shape[0])
+    big = continuation_sheet([(cond, gen, None)], scale=3)
+    assert big.shape[0] == 12 and int(big[11, 17, 0]) == 10
+    with pytest.raises(MediaError, match="must be"):
+        continuation_sheet([(cond, gen[:, :2], None)])
+    with pytest.raises(MediaError, match="truth has"):
+        continuation_sheet([(cond, gen, truth[:3])])
+    with pytest.raises(ValueError):
+        continuation_sheet([])
