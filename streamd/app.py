@@ -1,19 +1,22 @@
 """The daemon's lifecycle: load the model, start the engine and the edges, serve, shut down in order.
 
-Start: model -> engine thread -> ZeroMQ publisher -> HTTP listener (listening only once the model is loaded).
-Stop (SIGTERM/SIGINT only set a flag): refuse new sessions -> end every session (reason `shutdown`) -> stop
-the HTTP listener -> stop the engine thread -> close the ZeroMQ socket.
+Start: model -> warm-up step -> engine thread -> ZeroMQ publisher -> HTTP listener (listening only once the
+model is loaded). Stop (the first SIGTERM/SIGINT only sets a flag; a second one exits at once): refuse new
+sessions -> end every session concurrently (reason `shutdown`) -> stop the HTTP listener -> stop the engine
+thread (it stops after the denoising step in progress, abandoning a chunk) -> close the ZeroMQ socket.
+
+No control path waits for the engine: streams are admitted, removed, re-parameterised and reset through the
+scheduler at once, and progress (readiness, the watchdog) is counted per denoising step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+import os
 import signal
 import socket
 import time
-from enum import Enum
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +30,7 @@ from .edges.http import StreamHooks, WhepEndpoint, WhipEndpoint, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics, Readings
 from .edges.webrtc import restrict_host_addresses
 from .edges.zmq import CurveConfig, FramePublisher
-from .engine.core import EngineConfig, EngineCore, StreamParams
+from .engine.core import ChunkOutput, EngineCore, StepOutcome
 from .engine.runner import EngineRunner
 from .pipeline import ContinuationPipeline
 
@@ -57,22 +60,29 @@ class Daemon:
         self.notifier = Notifier()
         self._watchdog_task: asyncio.Task[None] | None = None
         self._fps_mark: tuple[float, int] = (time.monotonic(), 0)  # for the STATUS frames/s figure
+        self.publish_errors = 0  # chunks whose publishing (ZeroMQ or WHEP) raised
+        self._publish_failed_at: float | None = None  # monotonic time of the newest publishing failure
+        self._signals = 0
 
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
         """Streams of live sessions (the Controller protocol of control.py)."""
         return [s.stream_id for s in self.whip.sessions.values() if not s.closed] if self.whip else []
 
-    async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Queue parameter changes for the stream's next chunk; returns its resulting parameters."""
+    async def set_params(
+        self, stream_ids: list[str], changes: dict[str, Any], skip_missing: bool = False
+    ) -> dict[str, Any]:
+        """Queue parameter changes for every stream's next chunk in one update (no wait for the engine)."""
         assert self.runner is not None
-        params = await self.runner.call(lambda core: core.update_params(stream_id, **changes))
-        return {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(params).items()}
+        queued = self.runner.core.scheduler.update_params(stream_ids, changes, skip_missing=skip_missing)
+        self.runner.wake()
+        return {sid: {**params.as_json(), "applies_at_chunk": chunk} for sid, (params, chunk) in queued.items()}
 
     async def reset(self, stream_id: str) -> int:
         """Restart the stream from live input; nothing generated before is published after."""
         assert self.runner is not None and self.publisher is not None
-        generation = await self.runner.call(lambda core: core.reset(stream_id))
+        generation = self.runner.core.reset(stream_id)
+        self.runner.wake()
         self.publisher.publish_event("stream-reset", stream_id, generation=generation, reason="command")
         self._mqtt_event("stream-reset", stream_id, generation=generation, reason="command")
         return generation
@@ -86,16 +96,37 @@ class Daemon:
         await session.close("stopped")
 
     def status(self) -> dict[str, Any]:
-        """Daemon status for MQTT and /api/status."""
+        """Daemon status for MQTT and /api/status: streams, model, and step progress of every chunk."""
         bundle = self.pipeline.bundle if self.pipeline else None
+        runner = self.runner
+        progress = {s.stream_id: s for s in runner.core.scheduler.snapshot()} if runner else {}
+        stats: dict[str, Any] = {}
+        for sid in self.stream_ids():
+            snap = progress.get(sid)
+            stats[sid] = {
+                "latency_s": self.latency.get(sid),
+                "chunks": snap.chunks_out if snap else 0,
+                "chunk": snap.chunk if snap else None,  # chunk in progress (None between chunks)
+                "step": snap.step if snap else None,  # its steps done
+                "steps": snap.steps if snap else None,  # its step count (known after its first step)
+                "step_s": snap.step_seconds if snap else None,
+                "lateness_s": round(snap.lateness_s, 3) if snap else None,
+            }
         return {
             "state": self.state,
             "instance": self.instance,
             "streams": sorted(self.stream_ids()),
             "model": bundle.name if bundle else None,
-            "model_embedded": bundle.embedded if bundle else None,
+            "model_embedded": bundle.preset is not None if bundle else None,
+            "model_trained": bundle.trained if bundle else None,
+            "model_description": bundle.description if bundle else None,
             "version": __version__,
-            "stream_stats": {sid: {"latency_s": self.latency.get(sid)} for sid in self.stream_ids()},
+            "engine": {
+                "steps": runner.steps if runner else 0,
+                "step_s": runner.last_step_seconds if runner else None,
+                "step_running_s": round(runner.step_running_for(), 3) if runner else 0.0,
+            },
+            "stream_stats": stats,
         }
 
     async def _command(self, verb: str, payload: bytes) -> dict[str, Any]:
@@ -116,6 +147,10 @@ class Daemon:
             "subscribers": pub.subscribers if pub else 0,
             "streams": sum(1 for s in self.whip.sessions.values() if s.went_live) if self.whip else 0,
             "ready": 1 if self.runner is not None else 0,
+            "steps": runner.steps if runner else 0,
+            "publish_errors": self.publish_errors,
+            "progress": [(s.stream_id, s.step or 0, s.steps or 0) for s in runner.core.scheduler.snapshot()]
+            if runner else [],
         }
 
     def _status_line(self) -> str:
@@ -127,35 +162,35 @@ class Daemon:
         return f"{self.state}: {len(self.stream_ids())} streams, {fps:.1f} frames/s"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): the model is loaded and the engine thread makes progress."""
+        """(ready, reason): the model is loaded, no denoising step hangs, and output goes out.
+
+        A step running longer than `engine.stall_timeout_s` is a stall; a slow chunk of steady steps is not.
+        A publishing failure in the last `stall_timeout_s` turns readiness red until publishing works again.
+        """
         if self.state == "starting" or self.runner is None:
             return False, "model-loading"
         if self.state in ("stopping", "offline"):
             return False, "shutting-down"
         if not self.runner.alive or self.runner.error is not None:
             return False, "engine-stopped"
-        if time.monotonic() - self.runner.last_progress > self.config.engine.stall_timeout_s:
+        timeout = self.config.engine.stall_timeout_s
+        if self.runner.step_running_for() > timeout:
             return False, "engine-stalled"
+        if self._publish_task is None or self._publish_task.done():
+            return False, "output-stopped"
+        if self._publish_failed_at is not None and time.monotonic() - self._publish_failed_at < timeout:
+            return False, "output-failing"
         return True, ""
 
     # ------------------------------------------------------------------------------------------ stream hooks
-    def _stream_params(self) -> StreamParams:
-        e = self.config.engine
-        return StreamParams(prompt=e.prompt, steps=e.steps, guidance=e.guidance)
-
     async def _open_stream(self, stream_id: str) -> None:
         assert self.runner is not None
-        params = self._stream_params()
-        await self.runner.call(lambda core: core.add_stream(stream_id, params))
-        self.runner.open_slot(stream_id)
+        self.runner.core.add_stream(stream_id, self.config.engine.initial_params())
+        self.runner.wake()
 
     async def _close_stream(self, stream_id: str, reason: str, was_live: bool) -> None:
         assert self.runner is not None and self.publisher is not None
-        self.runner.close_slot(stream_id)
-        if self.runner.alive:
-            await self.runner.call(lambda core: core.remove_stream(stream_id))
-        else:
-            self.runner.core.remove_stream(stream_id)
+        self.runner.core.remove_stream(stream_id)
         self.latency.pop(stream_id, None)
         if self.whep is not None:
             await self.whep.close_stream(stream_id)
@@ -201,23 +236,27 @@ class Daemon:
             self._mqtt_task = asyncio.create_task(self.mqtt.run())
         started = time.perf_counter()
         log.info("loading model %s", cfg.model.spec)
-        self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device)
+        self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device,
+                                                distilled=cfg.model.distilled)
         bundle = self.pipeline.bundle
         log.info("model %s loaded in %.1f s on %s (%s)%s", bundle.name, time.perf_counter() - started,
                  self.pipeline.device, bundle.description,
-                 " -- untrained: output is structured noise" if bundle.embedded else "")
+                 "" if bundle.trained else " -- random weights: output is structured noise")
         e = cfg.engine
-        core = EngineCore(self.pipeline, EngineConfig(
-            cond_latents=e.cond_latents, chunk_latents=e.chunk_latents, fps=e.fps, min_fresh=e.min_fresh,
-            memory_budget_bytes=e.memory_budget_bytes, max_streams=cfg.max_streams, max_lead_s=e.max_lead_s,
-        ))
+        core = EngineCore(self.pipeline, e)
+        warm = await asyncio.to_thread(core.executor.warm_up)
+        log.info("warm-up step at %dx%d took %.2f s", bundle.width, bundle.height, warm)
         runner = EngineRunner(core, output_capacity=e.output_queue)
 
-        def observe(out: Any) -> None:  # engine thread: latency from the newest live conditioning frame
+        def observe_chunk(out: ChunkOutput) -> None:  # engine thread: latency from the newest live frame
             if out.cond_arrival is not None:
                 self.metrics.chunk_latency.observe(time.monotonic() - out.cond_arrival)
 
-        runner.on_chunk = observe
+        def observe_step(outcome: StepOutcome) -> None:  # engine thread
+            self.metrics.step_seconds.observe(outcome.result.seconds)
+
+        runner.on_chunk = observe_chunk
+        runner.on_step = observe_step
         runner.on_output_drop = self._output_dropped
         z = cfg.zmq
         curve = (CurveConfig(z.curve_secret_key, z.curve_public_key, z.curve_allowed_clients)
@@ -230,7 +269,7 @@ class Daemon:
         hooks = StreamHooks(
             open_stream=self._open_stream, close_stream=self._close_stream, session_live=self._session_live,
             push_frame=self._push_frame, readiness=self.readiness,
-            metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: cfg.max_streams,
+            metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: e.max_streams,
             command=self._command, status=self.status,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
@@ -250,22 +289,43 @@ class Daemon:
                  cfg.http.port, self.publisher.endpoint)
 
     async def _fan_out(self, runner: EngineRunner) -> None:
-        """Every generated chunk goes to ZeroMQ and to the stream's WHEP viewers (stale chunks are skipped)."""
+        """Every generated chunk goes to ZeroMQ and to the stream's WHEP viewers (stale chunks are skipped).
+
+        A chunk whose publishing raises is logged and counted, and turns readiness (and so the watchdog) red
+        for `engine.stall_timeout_s`; the loop goes on with the next chunk, so output never stops silently.
+        """
         assert self.publisher is not None
         async for out in runner.outputs():
             if not runner.is_current(out):
                 continue
-            self.publisher.publish_chunk(out)
+            try:
+                self.publisher.publish_chunk(out)
+                if self.whep is not None:
+                    self.whep.offer_chunk(out.stream_id, out.frames, out.pts_ns)
+            except Exception:
+                self.publish_errors += 1
+                self._publish_failed_at = time.monotonic()
+                log.exception("stream %s: publishing chunk %d failed", out.stream_id, out.chunk)
+                continue
+            self._publish_failed_at = None
             if out.cond_arrival is not None:
                 self.latency[out.stream_id] = time.monotonic() - out.cond_arrival
-            if self.whep is not None:
-                self.whep.offer_chunk(out.stream_id, out.frames, out.pts_ns)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The first SIGTERM/SIGINT asks for a graceful stop; a second one exits at once."""
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: stopping (send it again to exit at once)", sig.name)
+            self.stop_requested.set()
+            return
+        log.warning("%s again: exiting now", sig.name)
+        os._exit(1)
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT request a graceful stop (they only set a flag)."""
+        """SIGTERM and SIGINT request a graceful stop (they only set a flag); a second one forces exit."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop_requested.set)
+            loop.add_signal_handler(sig, self._on_signal, sig)
 
     async def shutdown(self, engine_timeout_s: float = 30.0) -> bool:
         """Stop in order; returns False when the engine thread did not stop within the timeout."""

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .engine.params import EngineConfig
+from .errors import ConfigError
+
 ENV_PREFIX = "STREAMD_"
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it and its source."""
 
 
 @dataclass(frozen=True)
@@ -76,23 +75,6 @@ class MqttSettings:
 
 
 @dataclass(frozen=True)
-class EngineSettings:
-    """The generation engine."""
-
-    cond_latents: int = 4
-    chunk_latents: int = 4
-    fps: float = 15.0
-    min_fresh: int | None = None
-    memory_budget_bytes: int | None = None
-    output_queue: int = 8  # generated chunks waiting for the publisher; oldest dropped beyond
-    max_lead_s: float = 1.0  # a stream's output runs at most this far ahead of real time
-    stall_timeout_s: float = 120.0  # a chunk running longer than this marks the engine stalled (readyz 503)
-    prompt: str = ""  # initial prompt of every new stream
-    steps: int | None = None
-    guidance: float | None = None
-
-
-@dataclass(frozen=True)
 class ServeConfig:
     """Everything `streamd serve` needs."""
 
@@ -100,10 +82,9 @@ class ServeConfig:
     http: HttpSettings = field(default_factory=HttpSettings)
     zmq: ZmqSettings = field(default_factory=ZmqSettings)
     webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
-    engine: EngineSettings = field(default_factory=EngineSettings)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     instance: str | None = None  # instance name (MQTT prefix, status); None: the host name
-    max_streams: int = 4
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -118,15 +99,12 @@ class ServeConfig:
                "zmq.curve_secret_key, curve_public_key and curve_allowed_clients go together")
         _check(self.webrtc.setup_timeout_s > 0 and self.webrtc.media_timeout_s > 0,
                "webrtc timeouts must be positive")
-        _check(1 <= self.max_streams <= 64, "max_streams must be in 1..64")
         if self.mqtt.broker is not None:
             host, sep, port = self.mqtt.broker.rpartition(":")
             _check(bool(sep) and bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
                    f"mqtt.broker must be HOST:PORT, got {self.mqtt.broker!r}")
         _check(self.mqtt.prefix is None or (bool(self.mqtt.prefix) and not any(c in self.mqtt.prefix for c in "#+")),
                "mqtt.prefix must be non-empty and free of MQTT wildcards")
-        _check(self.engine.output_queue >= 1, "engine.output_queue must be at least 1")
-        _check(self.engine.stall_timeout_s > 0, "engine.stall_timeout_s must be positive")
         _check(self.log_level in ("debug", "info", "warning", "error"), "log_level must be debug/info/warning/error")
 
     @classmethod

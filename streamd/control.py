@@ -6,10 +6,13 @@ checks every targeted stream exists, and only then applies it through a `Control
 never raises for bad input: every outcome, including internal failures, is a reply object
 (`{"v": 1, "ok": true, ...}` or `{"v": 1, "ok": false, "error": <code>, "detail": <text>, ...}`).
 
-This module is transport-free and torch-free: it imports neither the network libraries nor the engine, so it can
-be tested, and reused by other surfaces, on its own. Parameter values are checked here with the same rules as
-`streamd.engine.core.StreamParams` (kept in step by hand, because importing it would pull in torch); the
-controller validates again, and a value it refuses becomes a `bad-value` reply.
+This module is transport-free and torch-free: it imports neither the network libraries nor torch, so it can
+be tested, and reused by other surfaces, on its own. Parameter values are checked with the rules of
+`streamd.engine.params.PARAMS`, the one home of the stream parameters and their bounds; the controller validates
+again, and a value it refuses becomes a `bad-value` reply.
+
+No command waits for the engine: parameters are queued in the stream's mailbox and the reply says which chunk
+will apply them (`applies_at_chunk`); `"*"` is one mailbox update for every stream.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections import OrderedDict
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
+from .engine.params import MAX_PROMPT_CHARS, PARAM_NAMES, PARAMS, PROMPT_NAMES
 from .wire.frames import valid_stream_id
 
 __all__ = [
@@ -51,7 +54,6 @@ MAX_ID_CHARS = 128  # the optional correlation/idempotency `id`
 MAX_VERB_ECHO_CHARS = 64  # an unknown verb is echoed in the reply cut to this length
 MAX_DETAIL_CHARS = 512  # error details quote values; cut so that a reply stays small whatever was sent
 RESET_ID_CAPACITY = 256  # reset ids remembered for de-duplication (least recently used evicted first)
-MAX_PROMPT_CHARS = 4000  # as StreamParams
 ENVELOPE = frozenset({"v", "id", "stream"})  # members every verb understands; never parameter names
 
 # Error codes (protocols/mqtt-control.md §7) and what each means.
@@ -90,9 +92,13 @@ class Controller(Protocol):
         """Ids of the streams that exist now."""
         ...
 
-    async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply `changes` (StreamParams field names) to the stream; return its resulting params as a JSON-able
-        dict. Raises KeyError for an unknown stream and ValueError for a bad value; nothing changes then."""
+    async def set_params(
+        self, stream_ids: list[str], changes: dict[str, Any], skip_missing: bool
+    ) -> dict[str, Any]:
+        """Queue `changes` (StreamParams field names) for every stream in `stream_ids` in one update, applied at
+        each stream's next chunk; return stream -> its resulting params as a JSON-able dict (with
+        `applies_at_chunk`). Without `skip_missing` an unknown stream is a KeyError; a bad value is a ValueError;
+        nothing changes then. Must not wait for a chunk."""
         ...
 
     async def reset(self, stream_id: str) -> int:
@@ -113,75 +119,12 @@ class Controller(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ value checks
-# Each check returns None when the value is acceptable, else the reason. null restores the model's default for
-# the parameters StreamParams lets be None.
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number_in(lo: float, hi: float, nullable: bool) -> Callable[[object], str | None]:
-    def check(value: object) -> str | None:
-        if value is None and nullable:
-            return None
-        if _is_number(value) and lo <= value <= hi:  # type: ignore[operator]
-            return None
-        return f"must be a number in {lo:g}..{hi:g}" + (" or null" if nullable else "")
-
-    return check
-
-
-def _int_in(lo: int, hi: int, nullable: bool) -> Callable[[object], str | None]:
-    def check(value: object) -> str | None:
-        if value is None and nullable:
-            return None
-        if _is_int(value) and lo <= value <= hi:  # type: ignore[operator]
-            return None
-        return f"must be an integer in {lo}..{hi}" + (" or null" if nullable else "")
-
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[object], str | None]:
-    def check(value: object) -> str | None:
-        return None if value in choices and isinstance(value, str) else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-def _schedule(value: object) -> str | None:
-    # The names live in streamd.sampling (torch); the controller checks membership. Here only the shape.
-    if value is None or (isinstance(value, str) and 1 <= len(value) <= 64):
-        return None
-    return "must be a schedule name (a string of 1-64 characters) or null"
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str) and len(value) <= MAX_PROMPT_CHARS:
-        return None
-    return f"must be a string of at most {MAX_PROMPT_CHARS} characters"
-
-
-# Parameters of the `params` verb, in the order the spec lists them.
-_PARAM_CHECKS: Mapping[str, Callable[[object], str | None]] = MappingProxyType(
-    {
-        "guidance": _number_in(0, 50, nullable=True),
-        "steps": _int_in(1, 1000, nullable=True),
-        "schedule": _schedule,
-        "seed": _int_in(0, 2**63 - 1, nullable=True),
-        "policy": _one_of("auto", "live", "self"),
-        "chaining": _one_of("pixel", "latent"),
-        "cond_noise": _number_in(0, 1, nullable=False),
-    }
-)
-PARAM_NAMES: tuple[str, ...] = tuple(_PARAM_CHECKS)
-
-
-def _check_value(name: str, value: object, check: Callable[[object], str | None]) -> None:
-    reason = check(value)
+def _check_value(name: str, value: object) -> None:
+    reason = PARAMS[name].problem(value)
     if reason is not None:
         raise CommandError("bad-value", _cut(f"{name} {reason}, got {json.dumps(value)}"))
 
@@ -274,15 +217,15 @@ def _changes(verb: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     if verb == "prompt":
         if "prompt" not in obj:
             raise CommandError("bad-payload", "prompt is required")
-        changes = {name: obj[name] for name in ("prompt", "negative_prompt") if name in obj}
+        changes = {name: obj[name] for name in PROMPT_NAMES if name in obj}
         for name, value in changes.items():
-            _check_value(name, value, _text)
+            _check_value(name, value)
         return changes
     # params: every member outside the envelope names a parameter, so a misspelt or newer parameter is an
     # error instead of a silent no-op that would look like success.
-    unknown = sorted(set(obj) - ENVELOPE - set(_PARAM_CHECKS))
+    unknown = sorted(set(obj) - ENVELOPE - set(PARAM_NAMES))
     if unknown:
-        hint = " (set prompts with the prompt verb)" if {"prompt", "negative_prompt"} & set(unknown) else ""
+        hint = " (set prompts with the prompt verb)" if set(PROMPT_NAMES) & set(unknown) else ""
         names = ", ".join(json.dumps(name) for name in unknown)
         raise CommandError("unknown-parameter", _cut(f"unknown parameter(s) {names}{hint}; known: "
                                                      f"{', '.join(PARAM_NAMES)}"))
@@ -290,7 +233,7 @@ def _changes(verb: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     if not changes:
         raise CommandError("bad-payload", f"params needs at least one of {', '.join(PARAM_NAMES)}")
     for name, value in changes.items():
-        _check_value(name, value, _PARAM_CHECKS[name])
+        _check_value(name, value)
     return changes
 
 
@@ -411,10 +354,19 @@ async def _execute(
         streams = [target]
     else:
         raise CommandError("unknown-stream", f"no stream {json.dumps(target)}")
+    if verb in ("prompt", "params"):
+        # one mailbox update for every targeted stream: all of them or none
+        try:
+            results = await controller.set_params(streams, dict(changes), skip_missing=target == ALL_STREAMS)
+        except KeyError:
+            raise CommandError("unknown-stream", f"stream {json.dumps(target)} ended") from None
+        except ValueError as exc:
+            return error_reply(verb, "bad-value", _cut(str(exc)), command_id)
+        return _ok_reply(verb, command_id, {sid: dict(r) for sid, r in results.items()})
     results: dict[str, Any] = {}
     for stream in streams:
         try:
-            results[stream] = await _apply(controller, verb, stream, changes)
+            results[stream] = await _apply(controller, verb, stream)
         except KeyError:
             # The stream ended after the check above. "*" means the streams that exist, so it is skipped;
             # stop-stream wanted it gone anyway; a named stream is reported.
@@ -422,19 +374,10 @@ async def _execute(
                 results[stream] = {"stopped": True}
             elif target != ALL_STREAMS:
                 raise CommandError("unknown-stream", f"stream {json.dumps(stream)} ended") from None
-        except ValueError as exc:
-            # Values are checked above with the rules the controller applies, and no rule depends on the
-            # stream, so the controller refuses on the first stream or not at all: nothing changed yet.
-            reply = error_reply(verb, "bad-value", _cut(str(exc)), command_id)
-            if results:  # a controller with per-stream rules refused a later stream
-                reply["streams"] = results
-            return reply
     return _ok_reply(verb, command_id, results)
 
 
-async def _apply(controller: Controller, verb: str, stream: str, changes: dict[str, Any]) -> dict[str, Any]:
-    if verb in ("prompt", "params"):
-        return dict(await controller.set_params(stream, dict(changes)))
+async def _apply(controller: Controller, verb: str, stream: str) -> dict[str, Any]:
     if verb == "reset":
         return {"generation": int(await controller.reset(stream))}
     await controller.stop_stream(stream)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .engine.core import EngineConfig, EngineCore, StreamParams
-from .engine.window import Policy, Source
+from .engine.core import EngineCore
+from .engine.params import EngineConfig, StreamParams
+from .engine.window import Policy, Source, cond_frames_for
 from .media import VideoWriter, fit_frames, read_video
 from .pipeline import ContinuationPipeline
 
@@ -52,15 +53,17 @@ def continue_file(
         raise ValueError("segments must be at least 1")
     engine = EngineCore(pipeline, EngineConfig(chunk_latents=chunk_latents, use_kv_cache=use_kv_cache, max_streams=1,
                                             realtime=False))
-    state = engine.add_stream(STREAM_ID, params.updated(policy=Policy.AUTO))
-    cond_frames = state.window.cond_frames
+    params = params.updated(policy=Policy.AUTO)
+    engine.add_stream(STREAM_ID, params)
+    height, width = engine.frame_size(STREAM_ID)
+    cond_frames = cond_frames_for(engine.config.cond_latents, pipeline.codec.temporal_factor)
     clip = read_video(source, last=cond_frames)
     if clip.frames.shape[0] < cond_frames:
         raise ValueError(f"{source} has {clip.frames.shape[0]} frames; continuation needs at least {cond_frames}")
-    window = fit_frames(clip.frames, state.height, state.width)
+    window = fit_frames(clip.frames, height, width)
     for frame in window:
         engine.push_frame(STREAM_ID, frame)
-    steps = len(pipeline.schedule(engine.chunk_params(state)).timesteps)
+    steps = len(pipeline.schedule(engine.executor.chunk_params(params)).timesteps)
     started = time.perf_counter()
     generated = 0
     with VideoWriter(output, fps=clip.fps or 15.0) as writer:
@@ -70,9 +73,9 @@ def continue_file(
                 if progress is not None:
                     progress(_seg * steps + done, segments * steps)
 
-            chunk = engine.step(progress=step_progress)
+            chunk = engine.run_chunk(progress=step_progress)
             assert chunk is not None and chunk.source is (Source.LIVE if segment == 0 else Source.SELF)
             writer.write(chunk.frames)
             generated += len(chunk.frames)
-    return ContinueReport(output, cond_frames, generated, segments, clip.fps or 15.0, state.height, state.width,
+    return ContinueReport(output, cond_frames, generated, segments, clip.fps or 15.0, height, width,
                           time.perf_counter() - started)

@@ -54,6 +54,30 @@ class ChunkResult:
     cond_latents: torch.Tensor  # [1, C, T_c, h, w]
 
 
+@dataclass
+class DenoiseState:
+    """A chunk being denoised: its latents, its inputs, and how far along its schedule it is."""
+
+    x: torch.Tensor  # [1, C, T_n, h, w] fp32, the latents at sigmas[step]
+    cond: torch.Tensor  # [1, C, T_c, h, w] conditioning latents
+    text: torch.Tensor  # [B, L, D] B = 2 with guidance ([uncond ; cond]), else 1
+    mask: torch.Tensor  # [B, L]
+    sigmas: tuple[float, ...]
+    params: ChunkParams
+    cache: KVCache | None  # prefilled from `cond` (cached path), None for the uncached path
+    step: int = 0
+
+    @property
+    def steps(self) -> int:
+        """Steps of the schedule."""
+        return len(self.sigmas) - 1
+
+    @property
+    def done(self) -> bool:
+        """Whether every step ran."""
+        return self.step >= self.steps
+
+
 def frames_to_video(frames: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 RGB [F, H, W, 3] -> [1, 3, F, H, W] in [-1, 1]."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -80,10 +104,11 @@ class ContinuationPipeline:
 
     @classmethod
     def from_spec(
-        cls, spec: str | Path = "tiny", device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None
+        cls, spec: str | Path = "tiny", device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None,
+        distilled: bool | None = None,
     ) -> "ContinuationPipeline":
-        """Load an embedded preset by name or a checkpoint folder."""
-        return cls(load_model(spec, device=device, dtype=dtype))
+        """Load an embedded preset by name or a checkpoint folder (`distilled`: see `load_model`)."""
+        return cls(load_model(spec, device=device, dtype=dtype, distilled=distilled))
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +149,59 @@ class ContinuationPipeline:
         return self.dit.prefill(cond_latents, cache=cache)
 
     @torch.inference_mode()
+    def begin_denoise(
+        self,
+        cond_latents: torch.Tensor,
+        prompt: str,
+        params: ChunkParams,
+        cache: KVCache | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DenoiseState:
+        """Prepare to sample `params.noise_latents` new latent frames after `cond_latents` [1, C, T_c, h, w].
+
+        Draws the noise, encodes the prompt(s) and, for the cached path without a `cache`, prefills one. Guidance
+        != 1 runs both branches as one batch [uncond ; cond].
+        """
+        _, c, _, h, w = cond_latents.shape
+        schedule = self.schedule(params)
+        if generator is None and params.seed is not None:
+            generator = torch.Generator().manual_seed(params.seed)
+        # noise is drawn on the CPU so a seed gives the same chunk on every device
+        x = torch.randn((1, c, params.noise_latents, h, w), generator=generator).to(self.device)  # fp32
+        text, mask = self.text.get(prompt)
+        if params.guidance != 1.0:
+            neg_text, neg_mask = self.text.get(params.negative_prompt)
+            text, mask = torch.cat([neg_text, text]), torch.cat([neg_mask, mask])
+        if params.use_kv_cache and cache is None:
+            cache = self.prefill(cond_latents)
+        return DenoiseState(x, cond_latents, text.to(self.device), mask.to(self.device), schedule.sigmas, params,
+                            cache if params.use_kv_cache else None)
+
+    @torch.inference_mode()
+    def denoise_step(self, state: DenoiseState) -> None:
+        """Take the next step of `state`'s schedule, in place.
+
+        Uses the state's cache when `params.use_kv_cache`, else the uncached block-causal path over
+        [cond ; noise] with timestep 0 on the conditioning frames. CFG-zero's s* is taken over the noise frames
+        only (see sampling), so both paths give the same guided sample.
+        """
+        if state.done:
+            raise RuntimeError("the chunk is fully denoised")
+        i, params, t_c = state.step, state.params, state.cond.shape[2]
+        sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
+        batch = state.text.shape[0]
+        x_in = state.x.expand(batch, -1, -1, -1, -1).to(self.dit.dtype)
+        t = torch.full((batch, params.noise_latents), 1000.0 * sigma, device=self.device)
+        if state.cache is not None:
+            v = self.dit(x_in, t, state.text, state.mask, num_cond_latents=t_c, kv_cache=state.cache)
+        else:
+            full = torch.cat([state.cond.expand(batch, -1, -1, -1, -1).to(self.dit.dtype), x_in], dim=2)
+            t_full = torch.cat([torch.zeros(batch, t_c, device=self.device), t], dim=1)
+            v = self.dit(full, t_full, state.text, state.mask, num_cond_latents=t_c)[:, :, t_c:]
+        v = guided_velocity(v, params.guidance) if batch > 1 else v
+        state.x = euler_step(state.x, v, sigma, sigma_next)
+        state.step += 1
+
     def denoise(
         self,
         cond_latents: torch.Tensor,
@@ -133,43 +211,16 @@ class ContinuationPipeline:
         generator: torch.Generator | None = None,
         progress: ProgressFn | None = None,
     ) -> torch.Tensor:
-        """Sample `params.noise_latents` new latent frames after `cond_latents` [1, C, T_c, h, w].
+        """Sample `params.noise_latents` new latent frames after `cond_latents`: every step of the schedule.
 
-        Uses `cache` (prefilled from the same cond_latents) when `params.use_kv_cache`, else the uncached
-        block-causal path over [cond ; noise] with timestep 0 on the conditioning frames. Guidance > 1 runs both
-        branches as one batch [uncond ; cond]; CFG-zero's s* is taken over the noise frames only (see sampling).
+        `progress(done, total)` is called after each step. Returns the latents [1, C, T_n, h, w] (fp32).
         """
-        _, c, t_c, h, w = cond_latents.shape
-        schedule = self.schedule(params)
-        if generator is None and params.seed is not None:
-            generator = torch.Generator().manual_seed(params.seed)
-        # noise is drawn on the CPU so a seed gives the same chunk on every device
-        x = torch.randn((1, c, params.noise_latents, h, w), generator=generator).to(self.device)  # fp32
-        guided = params.guidance != 1.0
-        text, mask = self.text.get(prompt)
-        if guided:
-            neg_text, neg_mask = self.text.get(params.negative_prompt)
-            text, mask = torch.cat([neg_text, text]), torch.cat([neg_mask, mask])
-        text, mask = text.to(self.device), mask.to(self.device)
-        batch = text.shape[0]
-        if params.use_kv_cache and cache is None:
-            cache = self.prefill(cond_latents)
-
-        total = len(schedule.timesteps)
-        for i, (sigma, sigma_next) in enumerate(zip(schedule.sigmas[:-1], schedule.sigmas[1:])):
-            x_in = x.expand(batch, -1, -1, -1, -1).to(self.dit.dtype)
-            t = torch.full((batch, params.noise_latents), 1000.0 * sigma, device=self.device)
-            if params.use_kv_cache:
-                v = self.dit(x_in, t, text, mask, num_cond_latents=t_c, kv_cache=cache)
-            else:
-                full = torch.cat([cond_latents.expand(batch, -1, -1, -1, -1).to(self.dit.dtype), x_in], dim=2)
-                t_full = torch.cat([torch.zeros(batch, t_c, device=self.device), t], dim=1)
-                v = self.dit(full, t_full, text, mask, num_cond_latents=t_c)[:, :, t_c:]
-            v = guided_velocity(v, params.guidance) if guided else v
-            x = euler_step(x, v, sigma, sigma_next)
+        state = self.begin_denoise(cond_latents, prompt, params, cache=cache, generator=generator)
+        while not state.done:
+            self.denoise_step(state)
             if progress is not None:
-                progress(i + 1, total)
-        return x
+                progress(state.step, state.steps)
+        return state.x
 
     @torch.inference_mode()
     def decode_continuation(self, cond_latents: torch.Tensor, new_latents: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..e2e import E2EConfig, run_e2e
-from ..engine.core import EngineConfig, EngineCore, StreamParams
+from ..engine.core import EngineCore
+from ..engine.params import EngineConfig, StreamParams
 from ..media import synthetic_clip
 from ..pipeline import ContinuationPipeline
 
@@ -20,11 +21,11 @@ def bare_engine_fps(cfg: E2EConfig, chunks: int = 30) -> float:
     core.add_stream("bench", StreamParams(steps=cfg.steps, guidance=cfg.guidance, seed=0))
     for frame in synthetic_clip(13, pipeline.bundle.height, pipeline.bundle.width).frames:
         core.push_frame("bench", frame)
-    core.step()  # warm-up
+    core.run_chunk()  # warm-up
     started = time.perf_counter()
     frames = 0
     for _ in range(chunks):
-        out = core.step()
+        out = core.run_chunk()
         assert out is not None
         frames += len(out.frames)
     return frames / (time.perf_counter() - started)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.core import EngineConfig, EngineCore, StreamParams
+from ..engine.core import EngineCore
+from ..engine.params import EngineConfig, StreamParams
 from ..engine.runner import EngineRunner
 from ..media import synthetic_clip
 from ..pipeline import ContinuationPipeline
@@ -58,7 +59,6 @@ async def _run(cfg: StreamBenchConfig, pipeline: ContinuationPipeline) -> dict[s
     clip = synthetic_clip(64, pipeline.bundle.height, pipeline.bundle.width, seed=1).frames
     for i in range(cfg.streams):
         core.add_stream(f"s{i}", params)
-        runner.open_slot(f"s{i}")
     stop = asyncio.Event()
     runner.start()
     feeders = [asyncio.create_task(_feed(runner, f"s{i}", clip, cfg.source_fps, stop)) for i in range(cfg.streams)]
@@ -104,7 +104,7 @@ async def _run(cfg: StreamBenchConfig, pipeline: ContinuationPipeline) -> dict[s
         "drops_by_reason": dict(runner.drops),
         "rss_growth_bytes": _rss() - rss_base if len(latencies) > MEMORY_BASELINE_CHUNK else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "steps": core.chunk_params(next(iter(core.streams.values()))).steps if core.streams else None,
+        "steps": core.executor.chunk_params(params).steps,
         "height": pipeline.bundle.height,
         "width": pipeline.bundle.width,
     }

@@ -1,7 +1,8 @@
 """Prometheus metrics (`streamd_*`), one registry per daemon.
 
-Counters that other parts already keep (runner drops, publisher sends) are read at scrape time by a collector,
-so there is one source of truth; the chunk-latency histogram is observed from the engine thread.
+Counters that other parts already keep (runner drops and steps, publisher sends) are read at scrape time by a
+collector, so there is one source of truth; the latency and step histograms are observed from the engine thread.
+Per-stream series (step progress) are bounded by the engine's stream limit.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Readings(TypedDict):
@@ -26,6 +28,9 @@ class Readings(TypedDict):
     subscribers: int
     streams: int
     ready: int
+    steps: int
+    publish_errors: int
+    progress: list[tuple[str, int, int]]  # (stream, steps done, steps) of every stream's chunk in progress
 
 
 class _Readings(Collector):
@@ -49,6 +54,18 @@ class _Readings(Collector):
         yield GaugeMetricFamily("streamd_zmq_subscribers", "Active ZeroMQ subscriptions", value=r["subscribers"])
         yield GaugeMetricFamily("streamd_model_ready", "1 once the model is loaded and the engine runs",
                                 value=r["ready"])
+        yield CounterMetricFamily("streamd_engine_steps", "Denoising steps run by the engine", value=r["steps"])
+        yield CounterMetricFamily("streamd_publish_errors", "Generated chunks whose publishing (ZeroMQ or WHEP) failed",
+                                  value=r["publish_errors"])
+        done = GaugeMetricFamily("streamd_stream_chunk_step", "Steps done in the stream's chunk in progress",
+                                 labels=["stream"])
+        total = GaugeMetricFamily("streamd_stream_chunk_steps",
+                                  "Steps of the stream's chunk in progress (0 before its first step)", labels=["stream"])
+        for stream, step, steps in r["progress"]:
+            done.add_metric([stream], step)
+            total.add_metric([stream], steps)
+        yield done
+        yield total
 
 
 class Metrics:
@@ -60,8 +77,14 @@ class Metrics:
                                        registry=self.registry)
         self.sessions = Counter("streamd_sessions", "WHIP sessions, by how they ended", ["outcome"],
                                 registry=self.registry)
-        self.chunk_latency = Histogram("streamd_chunk_latency_seconds", "Wall time of one generated chunk",
-                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.chunk_latency = Histogram(
+            "streamd_chunk_latency_seconds",
+            "Seconds from the arrival of the newest live frame that conditioned a chunk to the chunk's last frame "
+            "being generated (live-conditioned chunks only)",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.step_seconds = Histogram("streamd_step_seconds", "Wall time of one denoising step (encode, prefill and "
+                                      "decode included in a chunk's first and last step)",
+                                      buckets=STEP_BUCKETS, registry=self.registry)
         self.registry.register(_Readings(read))
 
     def render(self) -> bytes:

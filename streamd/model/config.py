@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Keys of the published config.json that configure kernels or parallelism rather than the architecture. streamd
@@ -15,10 +17,6 @@ log = logging.getLogger(__name__)
 _RUNTIME_KEYS = frozenset(
     {"enable_flashattn2", "enable_flashattn3", "enable_xformers", "enable_bsa", "bsa_params", "cp_split_hw"}
 )
-
-
-class ConfigError(ValueError):
-    """A model configuration that cannot describe a LongCat-Video transformer."""
 
 
 @dataclass(frozen=True)

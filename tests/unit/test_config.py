@@ -13,18 +13,18 @@ def test_defaults() -> None:
     c = ServeConfig.load()
     assert (c.model.spec, c.http.host, c.http.port, c.zmq.endpoint) == ("tiny", "127.0.0.1", 8787,
                                                                         "tcp://127.0.0.1:5557")
-    assert c.http.token is None and c.max_streams == 4
+    assert c.http.token is None and c.engine.max_streams == 4
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
     f = tmp_path / "streamd.toml"
-    f.write_text('max_streams = 3\n[http]\nport = 9000\nhost = "::1"\n[engine]\nprompt = "a fox"\n')
+    f.write_text('[http]\nport = 9000\nhost = "::1"\n[engine]\nprompt = "a fox"\nmax_streams = 3\n')
     c = ServeConfig.load(f, env={"STREAMD_HTTP_PORT": "9100", "STREAMD_ENGINE_STEPS": "2", "OTHER": "x"},
-                         overrides={"http.port": 9200, "max_streams": None})
-    assert c.http.port == 9200 and c.http.host == "::1" and c.max_streams == 3
+                         overrides={"http.port": 9200, "engine.max_streams": None})
+    assert c.http.port == 9200 and c.http.host == "::1" and c.engine.max_streams == 3
     assert c.engine.steps == 2 and c.engine.prompt == "a fox"
-    c = ServeConfig.load(env={"STREAMD_WEBRTC_HOST_ADDRESSES": "127.0.0.1, ::1", "STREAMD_MAX_STREAMS": "2"})
-    assert c.webrtc.host_addresses == ("127.0.0.1", "::1") and c.max_streams == 2
+    c = ServeConfig.load(env={"STREAMD_WEBRTC_HOST_ADDRESSES": "127.0.0.1, ::1", "STREAMD_ENGINE_MAX_STREAMS": "2"})
+    assert c.webrtc.host_addresses == ("127.0.0.1", "::1") and c.engine.max_streams == 2
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -35,6 +35,9 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"STREAMD_HTTP_TOKEN": "short"}, r"token must be at least 8"),
     ({"STREAMD_ENGINE_STEPS": "1.5"}, r"engine\.steps must be int"),
     ({"STREAMD_ZMQ_CURVE_SECRET_KEY": "/k"}, r"go together"),
+    ({"STREAMD_ENGINE_MAX_STREAMS": "0"}, r"engine\.max_streams must be in 1\.\.64"),
+    ({"STREAMD_ENGINE_STALL_TIMEOUT_S": "0"}, r"engine\.stall_timeout_s must be positive"),
+    ({"STREAMD_ENGINE_STEPS": "0"}, r"steps must be an integer in 1\.\.1000"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "policy": "auto", "chaining": "pixel", "cond_noise": 0.0,
 }
 SCHEDULES = ("base", "enhance_hf", "distilled", "refine")
+APPLIES = {"applies_at_chunk": 0}  # what the fake controller says of when a change applies (its streams never run)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -63,17 +64,24 @@ class FakeController:
     def stream_ids(self) -> list[str]:
         return list(self.params)
 
-    async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(0)  # a real controller hands over to the engine: let other tasks interleave
-        current = self.params[stream_id]  # KeyError for an unknown stream, as the protocol says
+    async def set_params(self, stream_ids: list[str], changes: dict[str, Any], skip_missing: bool) -> dict[str, Any]:
+        await asyncio.sleep(0)  # let other tasks interleave, as on the daemon's event loop
+        if not skip_missing:
+            for sid in stream_ids:
+                self.params[sid]  # KeyError for an unknown stream, as the protocol says
         unknown = set(changes) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         if changes.get("schedule") not in (None, *SCHEDULES):
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {changes['schedule']!r}")
-        current.update(changes)
-        self.changes.append(("set_params", stream_id))
-        return dict(current)
+        out = {}
+        for sid in stream_ids:  # one update for all of them: nothing changes unless every check passed
+            if sid not in self.params:
+                continue
+            self.params[sid].update(changes)
+            self.changes.append(("set_params", sid))
+            out[sid] = {**self.params[sid], **APPLIES}
+        return out
 
     async def reset(self, stream_id: str) -> int:
         await asyncio.sleep(0)
@@ -112,7 +120,8 @@ def test_prompt_sets_prompt_and_keeps_negative_when_absent() -> None:
     ctl.params["cam1"]["negative_prompt"] = "blur"
     reply = call(ctl, "prompt", cmd(stream="cam1", prompt="a forest at dusk", id="p1"))
     assert reply == {"v": 1, "ok": True, "verb": "prompt", "id": "p1",
-                     "streams": {"cam1": {**DEFAULTS, "prompt": "a forest at dusk", "negative_prompt": "blur"}}}
+                     "streams": {"cam1": {**DEFAULTS, "prompt": "a forest at dusk", "negative_prompt": "blur",
+                                          **APPLIES}}}
     assert ctl.params["cam2"] == DEFAULTS
     reply = call(ctl, "prompt", cmd(stream="cam1", prompt="", negative_prompt="rain"))
     assert reply["ok"] and "id" not in reply
@@ -137,7 +146,7 @@ def test_params_accepts_every_parameter(changes: dict[str, Any]) -> None:
     ctl = FakeController("cam1")
     reply = call(ctl, "params", cmd(stream="cam1", **changes))
     assert reply["ok"], reply
-    assert reply["streams"] == {"cam1": {**DEFAULTS, **changes}}
+    assert reply["streams"] == {"cam1": {**DEFAULTS, **changes, **APPLIES}}
     assert ctl.params["cam1"] == {**DEFAULTS, **changes}
 
 
@@ -160,8 +169,8 @@ def test_stop_stream_removes_stream() -> None:
 @pytest.mark.parametrize(
     "verb, members, result",
     [
-        ("prompt", {"prompt": "x"}, lambda s: {**DEFAULTS, "prompt": "x"}),
-        ("params", {"steps": 3}, lambda s: {**DEFAULTS, "steps": 3}),
+        ("prompt", {"prompt": "x"}, lambda s: {**DEFAULTS, "prompt": "x", **APPLIES}),
+        ("params", {"steps": 3}, lambda s: {**DEFAULTS, "steps": 3, **APPLIES}),
         ("reset", {}, lambda s: {"generation": 1}),
         ("stop-stream", {}, lambda s: {"stopped": True}),
     ],
@@ -328,10 +337,13 @@ def test_internal_errors_become_internal_replies() -> None:
 
 def test_stream_ending_during_a_star_command_is_left_out() -> None:
     class Vanishing(FakeController):
-        async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-            if stream_id == "b":
-                raise KeyError(stream_id)  # ended after the existence check
-            return await super().set_params(stream_id, changes)
+        async def set_params(self, stream_ids: list[str], changes: dict[str, Any],
+                             skip_missing: bool) -> dict[str, Any]:
+            if "b" in stream_ids:  # b ended after the existence check
+                if not skip_missing:
+                    raise KeyError("b")
+                stream_ids = [s for s in stream_ids if s != "b"]
+            return await super().set_params(stream_ids, changes, skip_missing)
 
         async def stop_stream(self, stream_id: str) -> None:
             if stream_id == "b":
@@ -344,16 +356,19 @@ def test_stream_ending_during_a_star_command_is_left_out() -> None:
     assert call(ctl, "stop-stream", cmd(stream="*"))["streams"] == {s: {"stopped": True} for s in "abc"}
 
 
-def test_controller_refusing_a_later_stream_reports_what_changed() -> None:
+def test_a_controller_refusal_changes_no_stream() -> None:
+    """"*" is one mailbox update: when the controller refuses it, no stream changed."""
     class Picky(FakeController):
-        async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-            if stream_id == "b":
+        async def set_params(self, stream_ids: list[str], changes: dict[str, Any],
+                             skip_missing: bool) -> dict[str, Any]:
+            if "b" in stream_ids:
                 raise ValueError("b cannot do that")
-            return await super().set_params(stream_id, changes)
+            return await super().set_params(stream_ids, changes, skip_missing)
 
-    reply = call(Picky("a", "b", "c"), "params", cmd(stream="*", steps=2, id="k"))
+    ctl = Picky("a", "b", "c")
+    reply = call(ctl, "params", cmd(stream="*", steps=2, id="k"))
     assert reply["ok"] is False and reply["error"] == "bad-value" and reply["detail"] == "b cannot do that"
-    assert set(reply["streams"]) == {"a"} and reply["id"] == "k"
+    assert "streams" not in reply and reply["id"] == "k" and ctl.changes == []
 
 
 # ------------------------------------------------------------------------------------------ reset ids
@@ -450,7 +465,7 @@ def test_param_names_match_the_spec_and_the_schema() -> None:
 
 def test_param_names_match_stream_params() -> None:
     """Every StreamParams field is settable by prompt or params (read from the source: no torch import)."""
-    tree = ast.parse((REPO / "streamd" / "engine" / "core.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "streamd" / "engine" / "params.py").read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "StreamParams")
     fields = [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
     assert fields == ["prompt", "negative_prompt", *PARAM_NAMES]
@@ -477,7 +492,7 @@ VALUES: dict[str, list[Any]] = {
 
 def test_value_checks_agree_with_stream_params() -> None:
     """What the handler accepts, StreamParams accepts; what StreamParams refuses, the handler refuses."""
-    from streamd.engine.core import StreamParams  # torch: imported here only
+    from streamd.engine.params import StreamParams
 
     assert set(VALUES) == set(PARAM_NAMES)
     for name, values in VALUES.items():

@@ -1,0 +1,192 @@
+"""The executor: the pipeline, every stream's KV buffers and chunk in progress; runs one planned step at a time.
+
+It only runs plans (`StepPlan` from the scheduler). The first step of a chunk encodes the conditioning frames
+(or reuses the stream's last latents), refills the stream's preallocated KV cache in place, draws the noise and
+encodes the prompt; every step then denoises once; the last step also decodes. Between steps a chunk's state
+(latents, step index) waits here, so the scheduler can interleave streams step by step.
+
+Geometry (codec factors, patch size, text length, guidance batch) comes from the model bundle.
+
+Bounds: one KV cache and at most one chunk in progress per admitted stream; one window of latents per stream for
+latent chaining. Buffers are allocated on a stream's first step and freed when the scheduler releases it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..model.kvcache import KVCache
+from ..pipeline import ChunkParams, ContinuationPipeline, DenoiseState
+from .memory import StreamFootprint, available_ram
+from .params import EngineConfig, StreamParams
+from .scheduler import StepPlan, StepResult
+from .window import Chaining, Source, cond_frames_for
+
+log = logging.getLogger(__name__)
+
+GUIDANCE_BATCH = 2  # [uncond ; cond] with classifier-free guidance
+
+
+@dataclass
+class _Chunk:
+    """A chunk in progress."""
+
+    generation: int
+    chunk: int
+    denoise: DenoiseState
+
+
+@dataclass
+class _Latents:
+    """A stream's newest window of latents (latent chaining), tagged with the generation that made them."""
+
+    generation: int
+    latents: torch.Tensor  # [1, C, T_c, h, w]
+
+
+class Executor:
+    """Runs denoising steps for the scheduler. Single-threaded: only the engine thread calls it."""
+
+    def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        bundle, dit = pipeline.bundle, pipeline.dit
+        self.spatial_factor = pipeline.codec.spatial_factor
+        self.temporal_factor = pipeline.codec.temporal_factor
+        self.patch = dit.config.patch_size
+        self.text_tokens = pipeline.text.encoder.max_length
+        self.height, self.width = bundle.height, bundle.width
+        self._caches: dict[str, KVCache] = {}
+        self._chunks: dict[str, _Chunk] = {}
+        self._latents: dict[str, _Latents] = {}
+
+    # ------------------------------------------------------------------------------------------ memory numbers
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        """DiT tokens of one latent frame at a pixel size."""
+        s = self.spatial_factor
+        return (height // s // self.patch[1]) * (width // s // self.patch[2])
+
+    def footprint(self, height: int | None = None, width: int | None = None) -> StreamFootprint:
+        """The bytes one stream holds at a size (default: the model's): KV cache, latents, frame windows."""
+        height, width = height or self.height, width or self.width
+        cfg, dit = self.config, self.pipeline.dit
+        tokens = cfg.cond_latents * self.tokens_per_frame(height, width)
+        kv = KVCache.bytes_needed(dit.config, tokens, batch=1, dtype=dit.dtype)
+        s = self.spatial_factor
+        latents = dit.config.in_channels * (cfg.cond_latents + cfg.chunk_latents) * (height // s) * (width // s) * 4
+        frames = 2 * cond_frames_for(cfg.cond_latents, self.temporal_factor) * height * width * 3  # live + own, uint8
+        return StreamFootprint(kv, latents, frames)
+
+    def activation_reserve(self) -> int:
+        """A generous estimate of one step's transient memory at the model's size (one step runs at a time).
+
+        Per block the largest live tensors are the fused qkv output, the SwiGLU hidden pair and the concatenated
+        K/V of [cache ; noise]; they are freed block by block, so a few blocks' worth is the peak.
+        """
+        cfg, dit = self.config, self.pipeline.dit
+        tokens = (cfg.cond_latents + cfg.chunk_latents) * self.tokens_per_frame(self.height, self.width)
+        c = dit.config
+        per_token = 3 * c.hidden_size + 2 * c.ffn_hidden + 4 * c.hidden_size
+        itemsize = torch.empty((), dtype=dit.dtype).element_size()
+        return 4 * GUIDANCE_BATCH * (tokens + self.text_tokens) * per_token * itemsize
+
+    def default_budget(self) -> int:
+        """Stream memory by default: 90% of free device memory (CUDA) or half the available RAM (CPU), less the
+        activation reserve."""
+        device = self.pipeline.device
+        avail = int(torch.cuda.mem_get_info(device)[0] * 0.9) if device.type == "cuda" else available_ram() // 2
+        return max(avail - self.activation_reserve(), 1)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def warm_up(self) -> float:
+        """Run one step at the model's size on synthetic input (loads kernels, sizes allocator pools); seconds."""
+        started = time.perf_counter()
+        cfg = self.config
+        frames = np.zeros((cond_frames_for(cfg.cond_latents, self.temporal_factor), self.height, self.width, 3),
+                          np.uint8)
+        params = self.chunk_params(cfg.initial_params())
+        cond = self.pipeline.encode(frames)
+        state = self.pipeline.begin_denoise(cond, cfg.prompt, params)
+        self.pipeline.denoise_step(state)
+        return time.perf_counter() - started
+
+    def release(self, stream_id: str) -> None:
+        """Free everything a stream holds here."""
+        self._caches.pop(stream_id, None)
+        self._chunks.pop(stream_id, None)
+        self._latents.pop(stream_id, None)
+
+    def holds(self, stream_id: str) -> bool:
+        """Whether the stream has buffers or a chunk here (for tests of release)."""
+        return stream_id in self._caches or stream_id in self._chunks or stream_id in self._latents
+
+    def cache(self, stream_id: str) -> KVCache | None:
+        """The stream's KV cache, once its first chunk allocated it."""
+        return self._caches.get(stream_id)
+
+    # ------------------------------------------------------------------------------------------ steps
+    def chunk_params(self, params: StreamParams) -> ChunkParams:
+        """The sampler settings a stream's parameters resolve to."""
+        overrides = {k: v for k, v in (("steps", params.steps), ("schedule", params.schedule),
+                                       ("guidance", params.guidance)) if v is not None}
+        return self.pipeline.default_params(**overrides, negative_prompt=params.negative_prompt,
+                                            noise_latents=self.config.chunk_latents,
+                                            use_kv_cache=self.config.use_kv_cache)
+
+    def _cond_latents(self, plan: StepPlan[np.ndarray], gen: torch.Generator) -> torch.Tensor:
+        last = self._latents.get(plan.stream_id)
+        if (plan.chunk.source is Source.SELF and plan.params.chaining is Chaining.LATENT and last is not None
+                and last.generation == plan.generation):
+            cond = last.latents
+        else:
+            cond = self.pipeline.encode(np.stack([f.payload for f in plan.chunk.cond]), generator=gen)
+        if plan.params.cond_noise > 0:
+            noise = torch.randn(cond.shape, generator=gen).to(cond.device, cond.dtype)
+            cond = cond + plan.params.cond_noise * noise
+        return cond
+
+    def _begin(self, plan: StepPlan[np.ndarray]) -> _Chunk:
+        gen = torch.Generator().manual_seed(plan.seed)
+        params = self.chunk_params(plan.params)
+        cond = self._cond_latents(plan, gen)
+        cache = None
+        if params.use_kv_cache:
+            cache = self._caches.get(plan.stream_id)
+            if cache is None:  # the stream's first chunk: its buffers, sized for its window, for its whole life
+                tokens = self.config.cond_latents * self.tokens_per_frame(plan.height, plan.width)
+                dit = self.pipeline.dit
+                cache = KVCache(dit.config, tokens, batch=1, device=dit.device, dtype=dit.dtype)
+                self._caches[plan.stream_id] = cache
+            self.pipeline.prefill(cond, cache=cache)
+        state = self.pipeline.begin_denoise(cond, plan.params.prompt, params, cache=cache, generator=gen)
+        return _Chunk(plan.generation, plan.chunk.chunk, state)
+
+    def run(self, plan: StepPlan[np.ndarray]) -> StepResult:
+        """Run one planned step; after a chunk's last step the result carries its decoded frames."""
+        started = time.perf_counter()
+        chunk = self._chunks.get(plan.stream_id)
+        if plan.begins or chunk is None or (chunk.generation, chunk.chunk) != (plan.generation, plan.chunk.chunk):
+            if not plan.begins:
+                raise RuntimeError(f"stream {plan.stream_id}: step {plan.step} planned for a chunk that never began")
+            chunk = self._begin(plan)
+            self._chunks[plan.stream_id] = chunk
+        elif chunk.denoise.step != plan.step:
+            raise RuntimeError(f"stream {plan.stream_id}: step {plan.step} planned, the chunk is at "
+                               f"{chunk.denoise.step}")
+        state = chunk.denoise
+        self.pipeline.denoise_step(state)
+        if self.config.step_delay_s > 0:
+            time.sleep(self.config.step_delay_s)
+        frames = None
+        if state.done:
+            del self._chunks[plan.stream_id]
+            frames = self.pipeline.decode_continuation(state.cond, state.x)  # [F, H, W, 3] uint8
+            if plan.params.chaining is Chaining.LATENT:
+                window = torch.cat([state.cond, state.x.to(state.cond.dtype)], dim=2)[:, :, -self.config.cond_latents:]
+                self._latents[plan.stream_id] = _Latents(plan.generation, window)
+        return StepResult(state.steps, time.perf_counter() - started, frames)
