@@ -62,8 +62,8 @@ class EngineCore:
         return self.scheduler.remove_stream(stream_id)
 
     def frame_size(self, stream_id: str) -> tuple[int, int]:
-        """The (height, width) a stream's frames must have."""
-        return self.pipeline.bundle.height, self.pipeline.bundle.width
+        """The (height, width) a stream's frames must have. KeyError for an unknown stream."""
+        return self.scheduler.frame_size(stream_id)
 
     def push_frame(self, stream_id: str, frame: np.ndarray, arrival: float | None = None) -> bool:
         """Add one live RGB frame, uint8 [H, W, 3] at the model's size (resize at ingest); FrameError otherwise.

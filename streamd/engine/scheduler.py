@@ -24,7 +24,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from .memory import AdmissionError, MemoryBudget
 from .params import EngineConfig, StreamParams
@@ -158,8 +158,9 @@ class Scheduler(Generic[F]):
     """Streams and their windows; picks the next denoising step. Thread-safe (one lock, never held long)."""
 
     def __init__(self, config: EngineConfig, budget: MemoryBudget, spatial_multiple: int = 16,
-                 temporal_factor: int = 4) -> None:
+                 temporal_factor: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock  # monotonic seconds (a fake clock in tests)
         self.budget = budget
         self.spatial_multiple = spatial_multiple  # frame sides must be multiples of this (codec x patch)
         self.temporal_factor = temporal_factor
@@ -186,7 +187,7 @@ class Scheduler(Generic[F]):
             params = params or cfg.initial_params()
             window: ConditioningWindow[F] = ConditioningWindow(
                 cfg.cond_latents, cfg.chunk_latents, cfg.fps, params.policy, cfg.min_fresh, self.temporal_factor)
-            self._streams[stream_id] = StreamState(stream_id, height, width, params, window, time.monotonic())
+            self._streams[stream_id] = StreamState(stream_id, height, width, params, window, self.clock())
 
     def remove_stream(self, stream_id: str) -> bool:
         """Forget a stream (a chunk in progress is abandoned); False when it was unknown."""
@@ -206,7 +207,7 @@ class Scheduler(Generic[F]):
             state = self._stream(stream_id)
             number = state.window.live_received
             kept_all = state.window.push_live(frame)
-            state.arrivals[number] = arrival if arrival is not None else time.monotonic()
+            state.arrivals[number] = arrival if arrival is not None else self.clock()
             state.arrivals.pop(number - state.window.cond_frames, None)  # bound: one window of arrivals
             state.frames_in += 1
             return kept_all
@@ -240,7 +241,7 @@ class Scheduler(Generic[F]):
             state.window.reset()
             state.active = None
             state.clock_start = None
-            state.admitted = time.monotonic()
+            state.admitted = self.clock()
             state.arrivals.clear()
             return state.generation
 
@@ -249,6 +250,12 @@ class Scheduler(Generic[F]):
         with self._lock:
             state = self._streams.get(stream_id)
             return None if state is None else state.generation
+
+    def frame_size(self, stream_id: str) -> tuple[int, int]:
+        """The (height, width) of the stream's frames. KeyError for an unknown stream."""
+        with self._lock:
+            state = self._stream(stream_id)
+            return state.height, state.width
 
     def stream_ids(self) -> list[str]:
         """Admitted streams, in admission order."""
@@ -263,7 +270,7 @@ class Scheduler(Generic[F]):
 
     def snapshot(self) -> list[StreamSnapshot]:
         """Every stream's progress, for status and metrics."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             return [StreamSnapshot(
                 s.stream_id, s.generation, s.chunks_out, s.frames_in,
@@ -301,7 +308,7 @@ class Scheduler(Generic[F]):
         Starting a chunk is its stream's chunk boundary: pending parameters take effect there, and the window
         plans the conditioning frames.
         """
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         cap = self.config.lateness_cap_s
         fps = self.config.fps
         with self._lock:
@@ -332,7 +339,7 @@ class Scheduler(Generic[F]):
 
         A result for a stream that was removed or reset meanwhile is discarded (None).
         """
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             state = self._streams.get(plan.stream_id)
             if state is None or state.generation != plan.generation or state.active is None:
