@@ -20,9 +20,12 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from streamd.clients.send import PatternTrack, send
 from streamd.edges.webrtc import restrict_host_addresses
+from streamd.e2e import LOOPBACK, http_get
+from streamd.model.presets import get_preset
 from streamd.wire.schemas import load_schema
 
-from .conftest import LOOPBACK, Daemon, Subscriber, http_get, start_daemon
+from .conftest import Daemon, start_daemon
+from .subscriber import Subscriber
 
 restrict_host_addresses((LOOPBACK,))
 
@@ -47,7 +50,7 @@ def error_code(text: str) -> str:
 
 
 def test_whip_video_reaches_a_zmq_subscriber_in_another_process(daemon: Daemon) -> None:
-    sub = Subscriber(daemon.zmq, frames=40)
+    sub = Subscriber(daemon.zmq_endpoint, frames=40)
     report = asyncio.run(send(daemon.whip, seconds=6, ice_addresses=(LOOPBACK,)))
     assert report.connected and report.stream_id and report.stream_id.startswith("s-")
     messages = sub.results()
@@ -55,11 +58,13 @@ def test_whip_video_reaches_a_zmq_subscriber_in_another_process(daemon: Daemon) 
     events = [m["event"] for m in messages if "event" in m]
     assert len(headers) == 40
     schema, event_schema = load_schema("frame-header"), load_schema("event")
+    model = get_preset("tiny")  # the daemon's model: frames come at its working size
     for h in headers:
         jsonschema.validate(h, schema)
-        assert h["stream"] == report.stream_id and h["format"] == "rgb24" and (h["width"], h["height"]) == (224, 128)
+        assert h["stream"] == report.stream_id and h["format"] == "rgb24"
+        assert (h["width"], h["height"]) == (model.width, model.height)
     assert [h["seq"] for h in headers] == list(range(40))
-    assert all(m["payload_len"] == 224 * 128 * 3 for m in messages if "header" in m)
+    assert all(m["payload_len"] == model.width * model.height * 3 for m in messages if "header" in m)
     assert headers[0]["source"] == "live" and headers[0]["chunk"] == 0
     pts = [h["pts_ns"] for h in headers]
     assert pts == sorted(pts) and pts[1] - pts[0] == round(1e9 / 15)
@@ -149,7 +154,7 @@ def test_every_whip_error_status(tmp_path: Path) -> None:
 
 
 def test_client_that_vanishes_is_cleaned_up(daemon: Daemon, tmp_path: Path) -> None:
-    sub = Subscriber(daemon.zmq, frames=10_000, timeout=40)
+    sub = Subscriber(daemon.zmq_endpoint, frames=10_000, timeout=40)
     client = subprocess.Popen([sys.executable, "-m", "streamd.cli", "send", daemon.whip, "--seconds", "60",
                                "--ice-address", LOOPBACK], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -181,7 +186,7 @@ def test_client_that_vanishes_is_cleaned_up(daemon: Daemon, tmp_path: Path) -> N
 
 
 def test_two_concurrent_sessions_both_stream(daemon: Daemon) -> None:
-    sub = Subscriber(daemon.zmq, frames=120, timeout=60)
+    sub = Subscriber(daemon.zmq_endpoint, frames=120, timeout=60)
 
     async def both():
         return await asyncio.gather(send(daemon.whip, seconds=8, ice_addresses=(LOOPBACK,)),
@@ -201,10 +206,10 @@ def test_subscriber_that_never_reads_does_not_stall_generation(daemon: Daemon) -
     lazy = ctx.socket(zmq.SUB)
     lazy.setsockopt(zmq.RCVHWM, 1)
     lazy.setsockopt(zmq.SUBSCRIBE, b"")
-    lazy.connect(daemon.zmq)
+    lazy.connect(daemon.zmq_endpoint)
     time.sleep(0.3)
     try:
-        sub = Subscriber(daemon.zmq, frames=200, timeout=60)
+        sub = Subscriber(daemon.zmq_endpoint, frames=200, timeout=60)
         deadline = time.monotonic() + 5
         while daemon.metric("streamd_zmq_subscribers") < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -221,7 +226,7 @@ def test_subscriber_that_never_reads_does_not_stall_generation(daemon: Daemon) -
 
 
 def test_sigterm_stops_cleanly(daemon: Daemon) -> None:
-    sub = Subscriber(daemon.zmq, frames=10_000, timeout=30)
+    sub = Subscriber(daemon.zmq_endpoint, frames=10_000, timeout=30)
 
     async def stream_until_stopped() -> None:
         task = asyncio.ensure_future(send(daemon.whip, seconds=30, ice_addresses=(LOOPBACK,)))

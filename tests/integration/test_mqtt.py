@@ -28,9 +28,9 @@ from jsonschema import Draft202012Validator
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from streamd.e2e import LOOPBACK, free_port
 from streamd.edges.mqtt import EVENT_QUEUE_SIZE, MqttControl
 
-LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "protocols" / "schemas"
 PREFIX = "streamd/test"
@@ -49,12 +49,6 @@ def validator(name: str) -> Draft202012Validator:
 
 
 STATUS, REPLY, EVENT = validator("mqtt-status"), validator("mqtt-reply"), validator("mqtt-event")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 5.0) -> None:
