@@ -26,9 +26,11 @@ from .config import ServeConfig
 from .control import ReplyCache, handle_command
 from .edges.mqtt import MqttControl
 from .edges.systemd import Notifier, Watchdog
-from .edges.http import StreamHooks, WhepEndpoint, WhipEndpoint, build_app
+from .edges.http import StreamHooks, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics, Readings
 from .edges.webrtc import restrict_host_addresses
+from .edges.whep import WhepEndpoint
+from .edges.whip import WhipEndpoint
 from .edges.zmq import CurveConfig, FramePublisher
 from .engine.core import ChunkOutput, EngineCore, StepOutcome
 from .engine.runner import EngineRunner
@@ -52,6 +54,8 @@ class Daemon:
         self._http: web.AppRunner | None = None
         self._publish_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
+        self.publish_errors = 0  # chunks whose publishing (ZeroMQ or WHEP) raised
+        self._publish_failed_at: float | None = None  # monotonic time of the newest publishing failure
         self.metrics = Metrics(self._readings)
         self.replies = ReplyCache()  # one de-duplication cache for every command surface (MQTT and HTTP)
         self.mqtt: MqttControl | None = None
@@ -60,8 +64,6 @@ class Daemon:
         self.notifier = Notifier()
         self._watchdog_task: asyncio.Task[None] | None = None
         self._fps_mark: tuple[float, int] = (time.monotonic(), 0)  # for the STATUS frames/s figure
-        self.publish_errors = 0  # chunks whose publishing (ZeroMQ or WHEP) raised
-        self._publish_failed_at: float | None = None  # monotonic time of the newest publishing failure
         self._signals = 0
 
     # ------------------------------------------------------------------------------------------ control
@@ -111,6 +113,8 @@ class Daemon:
                 "steps": snap.steps if snap else None,  # its step count (known after its first step)
                 "step_s": snap.step_seconds if snap else None,
                 "lateness_s": round(snap.lateness_s, 3) if snap else None,
+                "params": snap.params.as_json() if snap else None,  # in effect now
+                "params_pending": snap.pending if snap else False,  # a change waits for the next chunk
             }
         return {
             "state": self.state,
@@ -270,7 +274,7 @@ class Daemon:
             open_stream=self._open_stream, close_stream=self._close_stream, session_live=self._session_live,
             push_frame=self._push_frame, readiness=self.readiness,
             metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: e.max_streams,
-            command=self._command, status=self.status,
+            command=self._command, status=self.status, frame_size=core.frame_size,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
         self.whep = WhepEndpoint(self.whip, fps=e.fps)

@@ -89,7 +89,9 @@ class EngineRunner:
             return False
         except FrameError as exc:
             self.drops["invalid"] += 1
-            log.warning("stream %s: dropped a frame: %s", stream_id, exc)
+            n = self.drops["invalid"]
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a client sending garbage cannot flood the log
+                log.warning("stream %s: dropped a frame (%d invalid so far): %s", stream_id, n, exc)
             return False
         if not accepted:
             self.drops["superseded"] += 1

@@ -6,9 +6,12 @@ parameters (1000 steps a chunk) slow only itself: between any two of its steps a
 
 Which stream: every stream has a real-time deadline, the wall time its next output frame is due (its first
 chunk is due at admission). Among the streams that can run (a chunk in progress, or a full conditioning window
-and pacing allows it), the one furthest behind its deadline runs. Lateness counts only up to
-`EngineConfig.lateness_cap_s`: streams later than that are equally late and take turns, least recently run
-first, so a stream that can never keep up shares the engine instead of taking it.
+and pacing allows it), the one furthest behind its deadline runs, with two refinements for overload:
+- a stream whose chunk costs more engine time than the video it yields (its steps x its measured step time >
+  chunk frames / fps) can never keep up, whatever the others do. Under live pacing it yields to every stream
+  that can: it gets the engine time they leave, so its expensive parameters slow only itself;
+- lateness counts only up to `EngineConfig.lateness_cap_s`: streams later than that are equally late and take
+  turns, least recently run first, so no late stream takes every step.
 
 Thread safety: the event loop calls `add_stream`, `remove_stream`, `push_frame`, `update_params`, `reset` and
 `snapshot` at any moment; the engine thread calls `next_step` and `commit`. One lock guards all state and is
@@ -65,6 +68,14 @@ class StreamState(Generic[F]):
     clock_start: float | None = None  # monotonic time of output frame `clock_frame` (live pacing)
     clock_frame: int = 0
     last_run: int = -1  # scheduler step count when it last ran (ties go to the least recently run)
+    step_s: float | None = None  # moving average of its step time (engine seconds)
+    chunk_steps: int | None = None  # steps of its latest chunk
+
+    def sustainable(self, fps: float) -> bool:
+        """Whether one chunk costs less engine time than the video it yields (unknown: assumed so)."""
+        if self.step_s is None or self.chunk_steps is None:
+            return True
+        return self.chunk_steps * self.step_s <= self.window.chunk_frames / fps
 
     def deadline(self, fps: float) -> float:
         """When the stream's next output frame is due (monotonic seconds)."""
@@ -143,6 +154,7 @@ class StreamSnapshot:
     steps: int | None
     step_seconds: float | None
     lateness_s: float  # how far behind its deadline (negative: ahead)
+    params: StreamParams  # in effect: those of the chunk in progress, else of the latest boundary
     pending: bool  # a parameter change waits for the next chunk
 
 
@@ -276,7 +288,8 @@ class Scheduler(Generic[F]):
                 s.stream_id, s.generation, s.chunks_out, s.frames_in,
                 s.active.plan.chunk if s.active else None, s.active.step if s.active else None,
                 s.active.steps if s.active else None, s.active.step_seconds if s.active else None,
-                now - s.deadline(self.config.fps), s.pending is not None,
+                now - s.deadline(self.config.fps), s.active.params if s.active else s.params,
+                s.pending is not None,
             ) for s in self._streams.values()]
 
     def _stream(self, stream_id: str) -> StreamState[F]:
@@ -311,12 +324,14 @@ class Scheduler(Generic[F]):
         now = self.clock() if now is None else now
         cap = self.config.lateness_cap_s
         fps = self.config.fps
+        paced = self.config.realtime
         with self._lock:
             candidates = [s for s in self._streams.values() if self._runnable(s, now)]
             if not candidates:
                 return None
-            # furthest behind first (lateness capped), then least recently run
-            state = max(candidates, key=lambda s: (min(now - s.deadline(fps), cap), -s.last_run))
+            # streams that can keep up first (under pacing), then furthest behind (capped), then least recently run
+            state = max(candidates, key=lambda s: (not paced or s.sustainable(fps), min(now - s.deadline(fps), cap),
+                                                   -s.last_run))
             self._steps += 1
             state.last_run = self._steps
             if state.active is None:
@@ -346,6 +361,8 @@ class Scheduler(Generic[F]):
                 return None
             a = state.active
             a.step, a.steps, a.step_seconds = plan.step + 1, result.steps, result.seconds
+            state.chunk_steps = result.steps
+            state.step_s = result.seconds if state.step_s is None else 0.8 * state.step_s + 0.2 * result.seconds
             if result.frames is None:
                 return None
             state.active = None

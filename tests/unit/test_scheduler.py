@@ -88,8 +88,21 @@ def test_an_expensive_stream_slows_only_itself() -> None:
         if done is not None:
             frames[done.stream_id] += len(done.frames)
             s.push_frame(done.stream_id, 0)  # fresh live input keeps both windows ready
-    assert frames["b"] >= 0.9 * 60.0 * FPS
-    assert frames["a"] > 0  # and A still progresses
+    assert frames["b"] >= 0.97 * 60.0 * FPS  # B keeps real time
+    assert frames["a"] > 0  # and A still progresses, on the engine time B leaves
+
+
+def test_streams_that_cannot_keep_up_take_turns() -> None:
+    clock = Clock()
+    s = make(clock, realtime=True)
+    add(s, "a", steps=100)
+    add(s, "b", steps=100)
+    order = []
+    for _ in range(4000):
+        plan, _ = run_step(s, clock, seconds=0.01)
+        order.append(plan.stream_id)
+    # earliest deadline first within the lateness cap, turns beyond it: over time an equal share
+    assert abs(order.count("a") - order.count("b")) <= 0.05 * len(order)
 
 
 def test_parameters_wait_for_the_next_chunk_and_the_reply_says_which() -> None:
