@@ -340,10 +340,9 @@ class Daemon:
             self._watchdog_task.cancel()
         if self.mqtt is not None:
             self.mqtt.set_state("stopping")
-        if self.whep is not None:
-            await self.whep.close_all()
-        if self.whip is not None:
-            await self.whip.close_all("shutdown")
+        # every viewer and session ends at once: a shutdown costs one session's close, not their sum
+        await asyncio.gather(self.whep.close_all() if self.whep else asyncio.sleep(0),
+                             self.whip.close_all("shutdown") if self.whip else asyncio.sleep(0))
         if self._http is not None:
             await self._http.cleanup()
         stopped = True

@@ -196,6 +196,5 @@ class WhepEndpoint:
             await self._drop(sid)
 
     async def close_all(self) -> None:
-        """End every viewer (shutdown)."""
-        for sid in list(self.viewers):
-            await self._drop(sid)
+        """End every viewer, concurrently (shutdown)."""
+        await asyncio.gather(*(self._drop(sid) for sid in list(self.viewers)))

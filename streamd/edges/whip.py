@@ -6,6 +6,8 @@ resources and the set of sessions. Bound: at most `StreamHooks.max_streams()` se
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 
 from aiohttp import web
@@ -135,7 +137,6 @@ class WhipEndpoint:
             await self.hooks.close_stream(session.stream_id, reason, session.went_live)
 
     async def close_all(self, reason: str) -> None:
-        """Refuse new sessions and end every session (shutdown)."""
+        """Refuse new sessions and end every session, concurrently (shutdown)."""
         self.accepting = False
-        for session in list(self.sessions.values()):
-            await session.close(reason)
+        await asyncio.gather(*(session.close(reason) for session in list(self.sessions.values())))
