@@ -39,7 +39,10 @@ MAX_SCALED_OVER_TARGET = 4
 
 
 class WhipError(Exception):
-    """A request the WHIP endpoint refuses: HTTP status, error code (protocols/http.md) and detail."""
+    """A request the HTTP surface refuses (WHIP, WHEP, control API): status, error code (protocols/http.md), detail.
+
+    Raised by the parsers here and by the endpoints; build_app turns it into the JSON error response.
+    """
 
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -255,7 +258,8 @@ class WhipSession:
         try:
             await asyncio.wait_for(self.connected.wait(), self.settings.setup_timeout_s)
         except asyncio.TimeoutError:
-            log.info("session %s: peer did not connect within %g s", self.session_id[:6], self.settings.setup_timeout_s)
+            log.info("session %s: peer did not connect within %g s", self.session_id[:6],
+                     self.settings.setup_timeout_s)
             await self.close("setup-timeout")
 
     async def _discard(self, track: MediaStreamTrack) -> None:
