@@ -201,16 +201,3 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
     app.router.add_get("/metrics", metrics)
     return app
 
-
-def __getattr__(name: str) -> Any:
-    """Transitional: `WhipEndpoint` and `WhepEndpoint` moved to whip.py and whep.py.
-
-    Resolved lazily because those modules import this one. Remove once app.py imports them from their modules.
-    """
-    if name == "WhipEndpoint":
-        from .whip import WhipEndpoint
-        return WhipEndpoint
-    if name == "WhepEndpoint":
-        from .whep import WhepEndpoint
-        return WhepEndpoint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

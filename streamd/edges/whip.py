@@ -7,7 +7,6 @@ resources and the set of sessions. Bound: at most `StreamHooks.max_streams()` se
 from __future__ import annotations
 
 import asyncio
-
 import logging
 
 from aiohttp import web
