@@ -14,7 +14,7 @@ import numpy as np
 
 from ..pipeline import ContinuationPipeline, ProgressFn
 from .executor import Executor
-from .memory import AdmissionError, MemoryBudget
+from .memory import MemoryBudget
 from .params import EngineConfig, StreamParams
 from .scheduler import ChunkDone, Scheduler, StepPlan, StepResult
 
@@ -109,5 +109,4 @@ class EngineCore:
             if outcome.chunk is not None:
                 return outcome.chunk
 
-__all__ = ["AdmissionError", "ChunkOutput", "EngineConfig", "EngineCore", "FrameError", "StepOutcome",
-           "StreamParams"]
+__all__ = ["ChunkOutput", "EngineCore", "FrameError", "StepOutcome"]

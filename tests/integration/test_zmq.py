@@ -25,7 +25,8 @@ from PIL import Image
 
 from streamd.clients.subscribe import CurveClientKeys, SubscribeReport, subscribe
 from streamd.edges.zmq import CurveConfig, CurveKeyError, FramePublisher
-from streamd.engine.core import ChunkOutput, StreamParams
+from streamd.engine.core import ChunkOutput
+from streamd.engine.params import StreamParams
 from streamd.engine.window import Source
 from streamd.media import read_video
 from streamd.wire import FrameHeader, decode_event, decode_frame, encode_event, encode_frame, Event
@@ -54,7 +55,7 @@ def make_chunk(stream: str, chunk: int, generation: int = 0, frames: int = 4, he
     return ChunkOutput(
         stream_id=stream, generation=generation, chunk=chunk, source=source, first_frame=first, frames=pixels,
         pts_ns=[round((first + i) * 1e9 / FPS) for i in range(frames)], params=StreamParams(),
-        cond_arrival=cond_arrival if source is Source.LIVE else None, started=now - 0.1, finished=now,
+        cond_arrival=cond_arrival if source is Source.LIVE else None, started=now - 0.1, finished=now, steps=1,
     )
 
 
