@@ -69,7 +69,7 @@ class Daemon:
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
         """Streams of live sessions (the Controller protocol of control.py)."""
-        return [s.stream_id for s in self.whip.sessions.values() if not s.closed] if self.whip else []
+        return self.whip.stream_ids() if self.whip else []
 
     async def set_params(
         self, stream_ids: list[str], changes: dict[str, Any], skip_missing: bool = False
@@ -91,8 +91,7 @@ class Daemon:
 
     async def stop_stream(self, stream_id: str) -> None:
         """End the stream's WHIP session (its client sees the peer connection close)."""
-        session = next((s for s in (self.whip.sessions.values() if self.whip else []) if s.stream_id == stream_id),
-                       None)
+        session = self.whip.session_for(stream_id) if self.whip else None
         if session is None:
             raise KeyError(stream_id)
         await session.close("stopped")
@@ -144,12 +143,14 @@ class Daemon:
     def _readings(self) -> Readings:
         runner, pub = self.runner, self.publisher
         return {
-            "dropped": dict(runner.drops) if runner else {},
+            # frames refused at ingest (sizes outside 2..4096 px, undecodable) and those the engine dropped
+            "dropped": {**(dict(runner.drops) if runner else {}),
+                        "bad-size": self.whip.frames_refused if self.whip else 0},
             "generated": runner.frames_generated if runner else 0,
             "chunks": runner.chunks if runner else 0,
             "published": pub.published if pub else 0,
             "subscribers": pub.subscribers if pub else 0,
-            "streams": sum(1 for s in self.whip.sessions.values() if s.went_live) if self.whip else 0,
+            "streams": len(self.whip.live_streams()) if self.whip else 0,
             "ready": 1 if self.runner is not None else 0,
             "steps": runner.steps if runner else 0,
             "publish_errors": self.publish_errors,

@@ -31,10 +31,11 @@ def test_notify_sequence_and_watchdog_stall(tmp_path: Path) -> None:
 
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
-    # 300 guided steps make one chunk take seconds: longer than the 1 s stall timeout, so the engine "stalls"
+    # progress is counted per denoising step: steps of 2.5 s overrun the 1 s stall timeout, so each one "stalls"
+    # the engine (a slow chunk of quick steps would not)
     d = start_daemon(tmp_path, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000",
-                                    "STREAMD_ENGINE_STALL_TIMEOUT_S": "1", "STREAMD_ENGINE_STEPS": "300",
-                                    "STREAMD_ENGINE_GUIDANCE": "4"})
+                                    "STREAMD_ENGINE_STALL_TIMEOUT_S": "1", "STREAMD_ENGINE_STEPS": "2",
+                                    "STREAMD_ENGINE_STEP_DELAY_S": "2.5"})
     try:
         time.sleep(1.0)
         asyncio.run(send(d.whip, seconds=6, ice_addresses=(LOOPBACK,)))
@@ -54,7 +55,7 @@ def test_notify_sequence_and_watchdog_stall(tmp_path: Path) -> None:
     pings = [t for t, m in received[ready:stopping] if m == "WATCHDOG=1"]
     assert len(pings) >= 5
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    # pings come every 0.2 s while the engine progresses, and stop for seconds while a chunk overruns
+    # pings come every 0.2 s while the engine progresses, and stop for seconds while a step overruns
     assert min(gaps) < 0.5 and max(gaps) > 2.0, gaps
     assert any(m.startswith("STATUS=online:") and "frames/s" in m for m in messages)
     assert "the engine is stalled" in d.log()

@@ -129,9 +129,14 @@ class FakeController:
     def stream_ids(self) -> list[str]:
         return list(self.params)
 
-    async def set_params(self, stream_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        self.params[stream_id].update(changes)
-        return dict(self.params[stream_id])
+    async def set_params(self, stream_ids: list[str], changes: dict[str, Any], skip_missing: bool) -> dict[str, Any]:
+        out = {}
+        for sid in stream_ids:
+            if sid not in self.params and skip_missing:
+                continue
+            self.params[sid].update(changes)
+            out[sid] = {**self.params[sid], "applies_at_chunk": 0}
+        return out
 
     async def reset(self, stream_id: str) -> int:
         self.generation[stream_id] += 1
@@ -436,7 +441,7 @@ from streamd.edges.mqtt import EVENT_QUEUE_SIZE, MqttControl
 
 class Controller:
     def stream_ids(self): return ["cam1"]
-    async def set_params(self, stream_id, changes): return {}
+    async def set_params(self, stream_ids, changes, skip_missing): return {}
     async def reset(self, stream_id): return 1
     async def stop_stream(self, stream_id): pass
     def status(self): return {"streams": ["cam1"], "model": "m", "version": "v"}
