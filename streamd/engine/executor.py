@@ -13,7 +13,6 @@ latent chaining. Buffers are allocated on a stream's first step and freed when t
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ from .params import EngineConfig, StreamParams
 from .scheduler import StepPlan, StepResult
 from .window import Chaining, Source, cond_frames_for
 
-log = logging.getLogger(__name__)
 
 GUIDANCE_BATCH = 2  # [uncond ; cond] with classifier-free guidance
 
