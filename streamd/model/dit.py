@@ -23,6 +23,7 @@ from torch import nn
 from .attention import attention, masked_attention
 from .config import DiTConfig
 from .kvcache import KVCache
+from .parallel import ContextParallel, Shard, check_heads
 from .rope import apply_rope, rope_tables
 
 # RoPE tables kept per model instance: one entry per (grid, offset, device) in use. Streams at a handful of
@@ -199,6 +200,7 @@ class LongCatBlock(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None,
         kv_only: bool = False,
         return_kv: bool = False,
+        shard: Shard | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the block.
 
@@ -209,12 +211,21 @@ class LongCatBlock(nn.Module):
         kv_only: return this block's (K pre-RoPE, V) and stop (prefill of the last block needs nothing more).
         return_kv: return (x, K pre-RoPE, V).
         text None skips cross-attention (conditioning-only forward).
+        shard: context parallelism (x holds this rank's tokens; see parallel.py): q, k, v go to [B, heads/N,
+        all real tokens, D] before RoPE and attention, and back after; the returned K, V are head-sharded;
+        num_cond_tokens then counts this rank's local conditioning tokens.
         """
         frames = t_emb.shape[1]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_emb)
 
         q, k, v = self.attn.qkv_heads(_modulate(x, shift_msa, scale_msa, frames))
-        if kv_only:
+        nc_attn = num_cond_tokens
+        if shard is not None:  # every real token, this rank's heads
+            if kv_only:
+                return shard.to_heads(k, v)
+            q, k, v = shard.to_heads(q, k, v)
+            nc_attn = shard.cond_tokens(num_cond_tokens)
+        elif kv_only:
             return k, v
         cos, sin = rope
         q, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -225,13 +236,15 @@ class LongCatBlock(nn.Module):
             k_all = torch.cat([apply_rope(k_cache, cos_c, sin_c).expand(b, -1, -1, -1), k_rot], dim=2)
             v_all = torch.cat([v_cache.expand(b, -1, -1, -1), v], dim=2)
             out = attention(q, k_all, v_all)
-        elif num_cond_tokens > 0:
-            nc = num_cond_tokens
+        elif nc_attn > 0:
+            nc = nc_attn
             out_cond = attention(q[:, :, :nc], k_rot[:, :, :nc], v[:, :, :nc])
             out_noise = attention(q[:, :, nc:], k_rot, v)
             out = torch.cat([out_cond, out_noise], dim=2)
         else:
             out = attention(q, k_rot, v)
+        if shard is not None:
+            out = shard.to_tokens(out)
         x = _gated_residual(x, gate_msa, self.attn.merge(out), frames)
 
         if text is not None:
@@ -276,6 +289,22 @@ class LongCatVideoDiT(nn.Module):
         self.blocks = nn.ModuleList(LongCatBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(config)
         self._rope_cache: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.context_parallel: ContextParallel | None = None  # set by `set_context_parallel`
+
+    def set_context_parallel(self, cp: ContextParallel | None) -> None:
+        """Run every later forward and prefill split over `cp`'s ranks (None or size 1: one process).
+
+        Every rank of the group must then run the same calls in the same order; each returns the whole output.
+        """
+        if cp is not None:
+            check_heads(self.config.num_heads, cp.size)
+        self.context_parallel = cp if cp is not None and cp.size > 1 else None
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads of the KV cache this process holds (all, or its share under context parallelism)."""
+        cp = self.context_parallel
+        return self.config.num_heads // (cp.size if cp is not None else 1)
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -404,8 +433,14 @@ class LongCatVideoDiT(nn.Module):
         grid = self.latent_grid(latents)
         t_emb = self._embed_time(timestep.to(latents.device), b, grid[0])
         y, y_mask = self._embed_text(text, text_mask, b)
-        x = self._tokens(latents)
-        tokens_per_frame = grid[1] * grid[2]
+        cp = self.context_parallel
+        shard = None if cp is None else cp.shard(grid, latents.device)
+        if shard is None:
+            x = self._tokens(latents)
+            tokens_per_frame = grid[1] * grid[2]
+        else:  # this rank's tile of every frame
+            x = self._tokens(shard.local_latents(latents, self.config.patch_size))
+            tokens_per_frame = shard.layout.local_tokens_per_frame
 
         if kv_cache is not None:
             if kv_cache.num_latents != num_cond_latents:
@@ -416,42 +451,53 @@ class LongCatVideoDiT(nn.Module):
                 raise ValueError(f"the cache was built for grid {kv_cache.grid}, the latents have {grid}")
             if kv_cache.batch not in (1, b):
                 raise ValueError(f"a cache of batch {kv_cache.batch} cannot serve a batch of {b}")
+            if kv_cache.heads != self.kv_heads:
+                raise ValueError(f"the cache holds {kv_cache.heads} heads, this process needs {self.kv_heads}")
             rope = self._rope(grid, num_cond_latents, x.device)
             rope_cache = self._rope(kv_cache.grid, 0, x.device)
             for i, block in enumerate(self.blocks):
                 k_c, v_c = kv_cache.layer(i)
-                x = block(x, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache))
+                x = block(x, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache), shard=shard)
         else:
             if not 0 <= num_cond_latents <= grid[0]:
                 raise ValueError(f"num_cond_latents={num_cond_latents} is outside 0..{grid[0]}")
             rope = self._rope(grid, 0, x.device)
             for block in self.blocks:
-                x = block(x, t_emb, y, y_mask, rope, num_cond_tokens=num_cond_latents * tokens_per_frame)
+                x = block(x, t_emb, y, y_mask, rope, num_cond_tokens=num_cond_latents * tokens_per_frame,
+                          shard=shard)
 
-        return self._unpatchify(self.final_layer(x, t_emb), grid).float()
+        out = self.final_layer(x, t_emb)
+        if shard is not None:
+            out = shard.gather_tokens(out)
+        return self._unpatchify(out, grid).float()
 
     @torch.inference_mode()
     def prefill(self, cond_latents: torch.Tensor, cache: KVCache | None = None) -> KVCache:
         """Build the conditioning K/V cache: one forward over `cond_latents` [1, C, T_c, H, W] at t = 0, no text.
 
         With `cache` given, its buffers are refilled in place (no allocation); otherwise a cache sized exactly
-        for this window is allocated.
+        for this window is allocated. Under context parallelism the cache holds this rank's heads only.
         """
         if cond_latents.ndim != 5 or cond_latents.shape[0] != 1:
             raise ValueError(f"cond_latents must be [1, C, T_c, H, W], got {tuple(cond_latents.shape)}")
         grid = self.latent_grid(cond_latents)
         t, h, w = grid
         if cache is None:
-            cache = KVCache(self.config, t * h * w, batch=1, device=self.device, dtype=self.dtype)
+            cache = KVCache(self.config, t * h * w, batch=1, device=self.device, dtype=self.dtype,
+                            heads=self.kv_heads)
+        elif cache.heads != self.kv_heads:
+            raise ValueError(f"the cache holds {cache.heads} heads, this process needs {self.kv_heads}")
         cache.begin_fill(grid)
         t_emb = self._embed_time(torch.zeros(1, t, device=cond_latents.device), 1, t)
-        x = self._tokens(cond_latents)
+        cp = self.context_parallel
+        shard = None if cp is None else cp.shard(grid, cond_latents.device)
+        x = self._tokens(cond_latents if shard is None else shard.local_latents(cond_latents, self.config.patch_size))
         rope = self._rope(grid, 0, x.device)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if i < last:
-                x, k, v = block(x, t_emb, None, None, rope, return_kv=True)
+                x, k, v = block(x, t_emb, None, None, rope, return_kv=True, shard=shard)
             else:
-                k, v = block(x, t_emb, None, None, rope, kv_only=True)
+                k, v = block(x, t_emb, None, None, rope, kv_only=True, shard=shard)
             cache.write(i, k, v)
         return cache

@@ -16,7 +16,8 @@ class KVCache:
     """K/V of the conditioning tokens for every transformer block, in fixed buffers.
 
     Bound: `capacity_tokens` tokens per layer, fixed at construction; `fill` refuses more.
-    Buffers: k[i], v[i]: [batch, heads, capacity_tokens, head_dim] for block i.
+    Buffers: k[i], v[i]: [batch, heads, capacity_tokens, head_dim] for block i. `heads` defaults to the model's;
+    under context parallelism each rank holds its share (num_heads / N) for every token.
     """
 
     def __init__(
@@ -26,22 +27,29 @@ class KVCache:
         batch: int = 1,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        heads: int | None = None,
     ) -> None:
         if capacity_tokens < 1 or batch < 1:
             raise ValueError("a KV cache needs at least one token and one batch entry")
+        heads = config.num_heads if heads is None else heads
+        if heads < 1 or config.num_heads % heads:
+            raise ValueError(f"a KV cache of {heads} heads cannot hold a share of {config.num_heads} heads")
         self.config = config
         self.capacity_tokens = capacity_tokens
         self.batch = batch
-        shape = (batch, config.num_heads, capacity_tokens, config.head_dim)
+        self.heads = heads
+        shape = (batch, heads, capacity_tokens, config.head_dim)
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.depth)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.depth)]
         self.grid: tuple[int, int, int] | None = None  # (T_c, h, w) of the tokens currently held
 
     @staticmethod
-    def bytes_needed(config: DiTConfig, tokens: int, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
+    def bytes_needed(config: DiTConfig, tokens: int, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
+                     heads: int | None = None) -> int:
         """Bytes the buffers of a cache for `tokens` conditioning tokens take (K and V, every layer)."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * config.depth * batch * config.num_heads * tokens * config.head_dim * itemsize
+        heads = config.num_heads if heads is None else heads
+        return 2 * config.depth * batch * heads * tokens * config.head_dim * itemsize
 
     @property
     def nbytes(self) -> int:
