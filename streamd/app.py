@@ -26,6 +26,7 @@ from .config import ServeConfig
 from .control import ReplyCache, handle_command
 from .edges.mqtt import MqttControl
 from .edges.systemd import Notifier, Watchdog
+from .edges.connections import BoundedAppRunner
 from .edges.http import StreamHooks, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics, Readings
 from .edges.webrtc import restrict_host_addresses
@@ -51,7 +52,7 @@ class Daemon:
         self.whip: WhipEndpoint | None = None
         self.whep: WhepEndpoint | None = None
         self.latency: dict[str, float] = {}  # stream -> latency of its newest live-conditioned chunk (bounded by streams)
-        self._http: web.AppRunner | None = None
+        self._http: BoundedAppRunner | None = None
         self._publish_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
         self.publish_errors = 0  # chunks whose publishing (ZeroMQ or WHEP) raised
@@ -130,6 +131,8 @@ class Daemon:
                 "step_running_s": round(runner.step_running_for(), 3) if runner else 0.0,
             },
             "stream_stats": stats,
+            # listeners off loopback without authentication by explicit opt-out (allow_unauthenticated)
+            "unauthenticated": self.config.unauthenticated(),
         }
 
     async def _command(self, verb: str, payload: bytes) -> dict[str, Any]:
@@ -156,6 +159,18 @@ class Daemon:
             "publish_errors": self.publish_errors,
             "progress": [(s.stream_id, s.step or 0, s.steps or 0) for s in runner.core.scheduler.snapshot()]
             if runner else [],
+            "http": self._http_readings(),
+        }
+
+    def _http_readings(self) -> dict[str, int]:
+        checks = self.whip.checks if self.whip else None
+        bounds = self._http.bounds if self._http else None
+        return {
+            "auth_failures": checks.auth_failures if checks else 0,
+            "auth_throttled": checks.auth_throttled if checks else 0,
+            "connections_refused": bounds.refused if bounds else 0,
+            "header_timeouts": bounds.timed_out if bounds else 0,
+            "connections_open": bounds.total if bounds else 0,
         }
 
     def _status_line(self) -> str:
@@ -230,6 +245,11 @@ class Daemon:
     async def start(self) -> None:
         """Load the model, start the engine and the edges; raises when a listener cannot bind."""
         cfg = self.config
+        for listener in cfg.unauthenticated():  # the explicit opt-outs: say so once, loudly
+            where = {"http": f"http {cfg.http.host}:{cfg.http.port}", "zmq": f"zmq {cfg.zmq.endpoint}",
+                     "mqtt": f"mqtt broker {cfg.mqtt.broker}"}[listener]
+            log.warning("%s is reachable off loopback without authentication (%s.allow_unauthenticated = true)",
+                        where, listener)
         restrict_host_addresses(cfg.webrtc.host_addresses)
         m = cfg.mqtt
         if m.broker is not None:  # first, so that the broker sees "starting" while the model loads
@@ -279,7 +299,8 @@ class Daemon:
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
         self.whep = WhepEndpoint(self.whip, fps=e.fps)
-        self._http = web.AppRunner(build_app(self.whip, hooks, self.whep), access_log=None, handle_signals=False)
+        self._http = BoundedAppRunner(build_app(self.whip, hooks, self.whep), cfg.http, access_log=None,
+                                      handle_signals=False)
         await self._http.setup()
         site = web.TCPSite(self._http, cfg.http.host, cfg.http.port)
         await site.start()

@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="embedded model (tiny, small) or a checkpoint folder (default tiny)")
     p.add_argument("--http", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:8787)")
     p.add_argument("--zmq", metavar="ENDPOINT", help="ZeroMQ publisher endpoint (default tcp://127.0.0.1:5557)")
-    p.add_argument("--token", help="bearer token required on WHIP requests")
+    p.add_argument("--token", help="bearer token for every door (WHIP, WHEP, /api); for quick local use only: "
+                   "every local user can read it in `ps`. Prefer --token-file, STREAMD_HTTP_TOKEN or a systemd "
+                   "credential")
+    p.add_argument("--token-file", type=Path, metavar="PATH",
+                   help="read the bearer token from this file (trailing newline ignored)")
     p.add_argument("--max-streams", type=_positive_int, help="live streams at most (default 4)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--ice-address", action="append", help="offer ICE host candidates only on this address")
@@ -316,7 +320,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides: dict[str, object] = {
         "model.spec": args.model, "model.device": args.device, "zmq.endpoint": args.zmq, "http.token": args.token,
-        "engine.max_streams": args.max_streams,
+        "http.token_file": args.token_file, "engine.max_streams": args.max_streams,
         "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
         "mqtt.broker": args.mqtt, "mqtt.prefix": args.mqtt_prefix, "instance": args.instance,
         "log_level": args.log_level,

@@ -3,11 +3,20 @@
 Sources, later ones winning: built-in defaults, a TOML file (`--config`), `STREAMD_<SECTION>_<KEY>` environment
 variables (e.g. `STREAMD_HTTP_PORT=9000`, `STREAMD_MAX_STREAMS=2`), command-line flags. Every error names the
 setting and where its value came from.
+
+Secrets (the HTTP tokens, the MQTT password) never need to be on a command line, where every local user reads
+them in `ps`: each comes from its setting (`http.token`, also `STREAMD_HTTP_TOKEN`), from a file
+(`http.token_file`, `--token-file`), or from a systemd credential (`LoadCredential=http-token:...`, read from
+`$CREDENTIALS_DIRECTORY`), in that order of preference when their sources rank equally (see `_resolve_secrets`).
+The CURVE key files may come from credentials too. A listener off loopback without authentication is refused
+at start unless its section sets `allow_unauthenticated = true`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -19,6 +28,7 @@ from .engine.params import EngineConfig
 from .errors import ConfigError
 
 ENV_PREFIX = "STREAMD_"
+MIN_TOKEN_CHARS = 8  # a shorter bearer token is refused at start: it falls to guessing even with backoff
 
 
 @dataclass(frozen=True)
@@ -36,9 +46,31 @@ class HttpSettings:
 
     host: str = "127.0.0.1"
     port: int = 8787
-    token: str | None = None  # bearer token required on WHIP requests when set
+    # Bearer tokens. `token` opens every door; the role tokens open one each: ingest (WHIP), view (WHEP and
+    # /api/status) and control (/api/cmd, and /api/status). With any token set every door needs one.
+    token: str | None = None
+    token_file: Path | None = None  # read instead of `token` (trailing newline ignored)
+    ingest_token: str | None = None
+    ingest_token_file: Path | None = None
+    view_token: str | None = None
+    view_token_file: Path | None = None
+    control_token: str | None = None
+    control_token_file: Path | None = None
+    allow_unauthenticated: bool = False  # listen off loopback without any token (logged as a warning)
     max_body_bytes: int = 65536  # SDP offers and trickle fragments larger than this get 413
     cors_origin: str = "*"
+    # Connection bounds (slowloris, descriptor exhaustion): see streamd/edges/connections.py
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this once started
+    body_timeout_s: float = 30.0  # a request body must arrive within this (408)
+    keepalive_timeout_s: float = 15.0  # an idle keep-alive connection (or one that never sends) is closed
+    max_connections: int = 256  # open connections at most; more are answered 503 and closed
+    max_connections_per_client: int = 32  # open connections per client address at most
+
+    def tokens(self) -> dict[str, str]:
+        """The configured tokens by role: "all" (`token`), "ingest", "view", "control"."""
+        named = {"all": self.token, "ingest": self.ingest_token, "view": self.view_token,
+                 "control": self.control_token}
+        return {role: value for role, value in named.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -50,6 +82,7 @@ class ZmqSettings:
     curve_secret_key: Path | None = None  # server secret key file (zmq.auth format); enables CURVE
     curve_public_key: Path | None = None
     curve_allowed_clients: Path | None = None  # folder of allowed client public key files
+    allow_unauthenticated: bool = False  # publish off loopback without CURVE (logged as a warning)
 
 
 @dataclass(frozen=True)
@@ -69,9 +102,30 @@ class MqttSettings:
     prefix: str | None = None  # topic prefix; None: streamd/<instance>
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = None  # read instead of `password`; or the credential `mqtt-password`
     tls: bool = False
     ca_file: Path | None = None
     status_interval_s: float = 10.0
+    allow_unauthenticated: bool = False  # a broker off loopback without TLS and credentials (logged as a warning)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` names only this machine: `localhost` or a loopback address. Anything else (a wildcard such
+    as `0.0.0.0` or `::`, an interface address, a host name) may be reachable from other hosts."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _zmq_host(endpoint: str) -> str | None:
+    """The host of a tcp:// endpoint; None for ipc:// and inproc:// (local by nature)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    return endpoint[len("tcp://"):].rsplit(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -90,7 +144,15 @@ class ServeConfig:
     def __post_init__(self) -> None:
         _check(1 <= self.http.port <= 65535, "http.port must be in 1..65535")
         _check(self.http.max_body_bytes >= 1024, "http.max_body_bytes must be at least 1024")
-        _check(self.http.token is None or len(self.http.token) >= 8, "http.token must be at least 8 characters")
+        for role, token in self.http.tokens().items():
+            name = "http.token" if role == "all" else f"http.{role}_token"
+            _check(len(token) >= MIN_TOKEN_CHARS, f"{name} must be at least {MIN_TOKEN_CHARS} characters")
+            _check(token.isprintable() and token.isascii() and " " not in token,
+                   f"{name} must be printable ASCII without spaces (it travels in an HTTP header)")
+        _check(self.http.header_timeout_s > 0 and self.http.body_timeout_s > 0 and self.http.keepalive_timeout_s > 0,
+               "http.header_timeout_s, body_timeout_s and keepalive_timeout_s must be positive")
+        _check(self.http.max_connections >= 1 and self.http.max_connections_per_client >= 1,
+               "http.max_connections and max_connections_per_client must be at least 1")
         _check(self.zmq.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
                "zmq.endpoint must be a tcp://, ipc:// or inproc:// endpoint")
         _check(self.zmq.sndhwm >= 1, "zmq.sndhwm must be at least 1")
@@ -106,6 +168,49 @@ class ServeConfig:
         _check(self.mqtt.prefix is None or (bool(self.mqtt.prefix) and not any(c in self.mqtt.prefix for c in "#+")),
                "mqtt.prefix must be non-empty and free of MQTT wildcards")
         _check(self.log_level in ("debug", "info", "warning", "error"), "log_level must be debug/info/warning/error")
+        self._check_exposure()
+
+    def _check_exposure(self) -> None:
+        """Refuse a listener reachable from other hosts without authentication, unless opted out (mosquitto 2.0's
+        rule: loopback by default, and no anonymous clients elsewhere unless `allow_anonymous` is set)."""
+        if not is_loopback_host(self.http.host) and not self.http.tokens() and not self.http.allow_unauthenticated:
+            raise ConfigError(
+                f"config: http.host {self.http.host!r} is not a loopback address and no token is set: anyone who "
+                "can reach it could stream into the GPU, watch every stream and control the daemon. Set a token "
+                "(http.token_file, STREAMD_HTTP_TOKEN or the systemd credential http-token), or set "
+                "http.allow_unauthenticated = true to accept that")
+        host = _zmq_host(self.zmq.endpoint)
+        if (host is not None and not is_loopback_host(host) and self.zmq.curve_secret_key is None
+                and not self.zmq.allow_unauthenticated):
+            raise ConfigError(
+                f"config: zmq.endpoint {self.zmq.endpoint!r} is not on a loopback address and CURVE is off: anyone "
+                "who can reach it receives every generated frame. Set zmq.curve_secret_key, curve_public_key and "
+                "curve_allowed_clients, or set zmq.allow_unauthenticated = true to accept that")
+        m = self.mqtt
+        if m.broker is not None and not is_loopback_host(m.broker.rpartition(":")[0]) and not m.allow_unauthenticated:
+            if not m.tls or m.username is None:
+                raise ConfigError(
+                    f"config: mqtt.broker {m.broker!r} is not on a loopback address and the connection has "
+                    f"{'no TLS' if not m.tls else 'no credentials'}: commands and status would travel "
+                    f"{'in clear text' if not m.tls else 'anonymously'}. Set mqtt.tls = true and mqtt.username "
+                    "with a password (mqtt.password_file or the systemd credential mqtt-password), or set "
+                    "mqtt.allow_unauthenticated = true to accept that")
+
+    def unauthenticated(self) -> list[str]:
+        """The listeners that run off loopback without authentication by explicit opt-out (warned at start and
+        shown in /api/status and the MQTT status)."""
+        out = []
+        if self.http.allow_unauthenticated and not is_loopback_host(self.http.host) and not self.http.tokens():
+            out.append("http")
+        host = _zmq_host(self.zmq.endpoint)
+        if (self.zmq.allow_unauthenticated and host is not None and not is_loopback_host(host)
+                and self.zmq.curve_secret_key is None):
+            out.append("zmq")
+        m = self.mqtt
+        if (m.allow_unauthenticated and m.broker is not None and not is_loopback_host(m.broker.rpartition(":")[0])
+                and (not m.tls or m.username is None)):
+            out.append("mqtt")
+        return out
 
     @classmethod
     def load(
@@ -135,6 +240,7 @@ class ServeConfig:
         for key, value in (overrides or {}).items():
             if value is not None:
                 _put(raw, key, value, "command line")
+        _resolve_secrets(raw, (env or {}).get("CREDENTIALS_DIRECTORY"))
         return _build(cls, raw.get("", {}), raw)
 
 
@@ -144,6 +250,92 @@ def _check(ok: bool, message: str) -> None:
 
 
 _SECTIONS = frozenset(f.name for f in dataclasses.fields(ServeConfig) if f.default_factory is not dataclasses.MISSING)
+
+
+# (section, setting, systemd credential name): a secret's value may come from the setting, `<setting>_file`, or
+# the credential file `$CREDENTIALS_DIRECTORY/<credential>` (systemd's LoadCredential=).
+SECRETS: tuple[tuple[str, str, str], ...] = (
+    ("http", "token", "http-token"),
+    ("http", "ingest_token", "http-ingest-token"),
+    ("http", "view_token", "http-view-token"),
+    ("http", "control_token", "http-control-token"),
+    ("mqtt", "password", "mqtt-password"),
+)
+# (section, setting, credential): key files that may be systemd credentials (their path is then the credential's)
+KEY_FILE_CREDENTIALS: tuple[tuple[str, str, str], ...] = (
+    ("zmq", "curve_secret_key", "zmq-curve-secret-key"),
+    ("zmq", "curve_public_key", "zmq-curve-public-key"),
+)
+MAX_SECRET_FILE_BYTES = 4096  # a token file larger than this is a wrong path, not a token
+_SOURCE_RANK = {"command line": 3}  # environment variables rank 2, the TOML file 1 (see _rank)
+
+
+def _rank(source: str) -> int:
+    return _SOURCE_RANK.get(source, 2 if source.startswith(ENV_PREFIX) else 1)
+
+
+def _read_secret(path: Path, what: str, source: str) -> str:
+    """The text of a secret file without surrounding whitespace; ConfigError when unreadable, huge or empty."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config: {what}: cannot read {path}: {exc.strerror or exc} (from {source})") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(f"config: {what}: {path} is larger than {MAX_SECRET_FILE_BYTES} bytes (from {source})")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {what}: {path} is not UTF-8 text (from {source})") from None
+    if not text:
+        raise ConfigError(f"config: {what}: {path} is empty (from {source})")
+    return text
+
+
+def direct_source(entry: tuple[Any, str] | None) -> str | None:
+    """The source of a setting given directly (None when it was not)."""
+    return entry[1] if entry is not None else None
+
+
+def _resolve_secrets(raw: dict[str, dict[str, tuple[Any, str]]], credentials: str | None) -> None:
+    """Turn `<secret>_file` settings and systemd credentials into the secrets' values, in place.
+
+    Precedence: between a secret and its `_file` the higher-ranked source wins (command line, then environment,
+    then the TOML file); both from the same rank is an error. Without either, the credential file
+    `$CREDENTIALS_DIRECTORY/<name>` is used when it exists. The value keeps the file's path as its source, so that
+    a too-short token is reported with the file it came from.
+    """
+    for section, name, credential in SECRETS:
+        values = raw.setdefault(section, {})
+        direct, from_file = values.get(name), values.get(f"{name}_file")
+        if direct is not None and from_file is not None:
+            if _rank(direct[1]) == _rank(from_file[1]):
+                raise ConfigError(f"config: set {section}.{name} or {section}.{name}_file, not both "
+                                  f"(from {direct[1]} and {from_file[1]})")
+            if _rank(direct[1]) > _rank(from_file[1]):
+                from_file = None
+        if from_file is not None and from_file[0] not in (None, ""):
+            path = Path(str(from_file[0]))
+            values[name] = (_read_secret(path, f"{section}.{name}_file", from_file[1]), f"{path} ({from_file[1]})")
+        elif direct is None and credentials:
+            path = Path(credentials) / credential
+            if path.exists():
+                values[name] = (_read_secret(path, f"systemd credential {credential}", "$CREDENTIALS_DIRECTORY"),
+                                f"credential {credential}")
+                values[f"{name}_file"] = (str(path), f"credential {credential}")
+        secret = values.get(name)
+        if secret is not None and name.endswith("token") and secret[1] != direct_source(direct):
+            # a token read from a file: say which file is too short (the setting's own check cannot)
+            if len(str(secret[0])) < MIN_TOKEN_CHARS:
+                raise ConfigError(f"config: {section}.{name} from {secret[1]} must be at least {MIN_TOKEN_CHARS} "
+                                  "characters")
+        if not values:
+            del raw[section]
+    for section, name, credential in KEY_FILE_CREDENTIALS:
+        if credentials and name not in raw.get(section, {}):
+            path = Path(credentials) / credential
+            if path.exists():
+                raw.setdefault(section, {})[name] = (str(path), f"credential {credential}")
 
 
 def _env_key(name: str) -> str:

@@ -93,10 +93,12 @@ class DaemonProcess:
         self.token = token
         self.args = [sys.executable, "-m", "streamd.cli", "serve", "--model", model, "--http",
                      f"{LOOPBACK}:{self.http_port}", "--zmq", self.zmq_endpoint, "--ice-address", LOOPBACK,
-                     *extra_args, *(["--token", token] if token else [])]
+                     *extra_args]
+        # the token goes in the environment, never in argv (where `ps` shows it to every local user)
+        secret = {"STREAMD_HTTP_TOKEN": token} if token else {}
         with open(log_path, "w") as log:  # the child keeps its own descriptor; ours closes now
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **(env or {})})
+                                         env={**os.environ, **secret, **(env or {})})
 
     @classmethod
     def start(cls, log_path: Path, *extra_args: str, model: str = "tiny", env: Mapping[str, str] | None = None,

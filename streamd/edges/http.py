@@ -1,12 +1,15 @@
 """The HTTP surface (protocols/http.md): routes, health, metrics, the control API, and the request plumbing
 that the WHIP (whip.py) and WHEP (whep.py) endpoints share.
 
-Every refused request gets a JSON error body `{"error", "detail", "status"}` and changes nothing else.
+Every refused request gets a JSON error body `{"error", "detail", "status"}` and changes nothing else: the
+`errors` middleware of `build_app` is the one error path, for the handlers' refusals (WhipError), for what
+aiohttp's router raises itself (404, 405, 403 of the static folder), and for bugs (a JSON 500 and one log line).
+Requests the HTTP parser cannot read are answered by `connections.BoundedRequestHandler`, the same way.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from aiohttp import web
 
 from ..config import HttpSettings
 from ..wire.errors import ERROR_CONTENT_TYPE, error_body
+from .auth import AuthRefused, AuthThrottle, TokenCheck
 from .webrtc import WhipError
 
 if TYPE_CHECKING:  # only for annotations: whip.py and whep.py import this module
@@ -60,13 +64,24 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 
 
 class RequestChecks:
-    """The checks every door of the HTTP surface shares: bearer token, bounded typed bodies, CORS headers.
+    """The checks every door of the HTTP surface shares: bearer tokens by role, bounded typed bodies, CORS.
 
-    Bound: a body is at most `settings.max_body_bytes` bytes; one byte more is refused with 413 unread beyond it.
+    Bounds: a body is at most `settings.max_body_bytes` bytes (one byte more is refused with 413 unread beyond
+    it) and must arrive within `settings.body_timeout_s` (408); failed authentications back off per address
+    (auth.py).
     """
 
-    def __init__(self, settings: HttpSettings) -> None:
+    def __init__(self, settings: HttpSettings, throttle: AuthThrottle | None = None) -> None:
         self.settings = settings
+        self.auth_failures = 0  # wrong tokens presented (streamd_http_auth_failures_total)
+        self.auth_throttled = 0  # requests answered 429 by the backoff (streamd_http_auth_throttled_total)
+        self.tokens = TokenCheck(settings.tokens(), throttle, on_failure=self._failed, on_throttled=self._throttled)
+
+    def _failed(self) -> None:
+        self.auth_failures += 1
+
+    def _throttled(self) -> None:
+        self.auth_throttled += 1
 
     @property
     def max_body_bytes(self) -> int:
@@ -91,17 +106,14 @@ class RequestChecks:
         }
         return web.Response(status=204, headers=headers)
 
-    def authorize(self, request: web.Request) -> None:
-        """Raise 401 `unauthorized` unless the request carries the configured bearer token (if any)."""
-        token = self.settings.token
-        if token is None:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        # constant-time comparison: response timing must not reveal how much of a guessed token was right
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise WhipError(401, "unauthorized", "a valid bearer token is required",
-                            {"WWW-Authenticate": 'Bearer realm="streamd"'})
+    def authorize(self, request: web.Request, role: str) -> None:
+        """Raise WhipError unless the request's bearer token opens `role`'s doors (auth.py): 401 without a valid
+        token (with `error="invalid_token"` when one was presented), 403 for another role's token, 429 while
+        the client's address is backing off. Tokens are compared in constant time."""
+        try:
+            self.tokens.check(role, request.headers.get("Authorization"), request.remote or "unknown")
+        except AuthRefused as exc:
+            raise WhipError(exc.status, exc.code, exc.detail, exc.headers) from None
 
     async def read_body(self, request: web.Request, content_type: str) -> str:
         """The request body as text, when it is `content_type` (SDP or SDPFRAG), UTF-8 and within the bound.
@@ -116,8 +128,7 @@ class RequestChecks:
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise WhipError(413, "body-too-large", f"the body exceeds {limit} bytes")
-        # read one byte past the limit: a chunked body without Content-Length is measured, never buffered whole
-        data = await request.content.read(limit + 1)
+        data = await self.read_bounded(request)
         if len(data) > limit:
             raise WhipError(413, "body-too-large", f"the body exceeds {limit} bytes")
         try:
@@ -125,9 +136,48 @@ class RequestChecks:
         except UnicodeDecodeError:
             raise WhipError(400, bad_code, "the body is not UTF-8") from None
 
+    async def read_bounded(self, request: web.Request) -> bytes:
+        """Up to `max_body_bytes + 1` bytes of the body (one past the bound, so that a chunked body without
+        Content-Length is measured, never buffered whole), within `body_timeout_s` (else WhipError 408)."""
+        limit, timeout = self.max_body_bytes, self.settings.body_timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while size <= limit:
+                    chunk = await request.content.read(limit + 1 - size)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+        except TimeoutError:
+            raise WhipError(408, "request-timeout", f"the body did not arrive within {timeout:g} s",
+                            {"Connection": "close"}) from None
+        return b"".join(chunks)
+
+
+# What aiohttp raises itself, mapped to protocols/http.md: (status, code). The static folder's 403 (a directory,
+# a path outside the folder) is a 404: it must not reveal what exists. Anything else aiohttp refuses is a 400.
+_AIOHTTP_ERRORS: dict[int, tuple[int, str]] = {
+    400: (400, "bad-request"), 403: (404, "not-found"), 404: (404, "not-found"), 405: (405, "method-not-allowed"),
+    408: (408, "request-timeout"), 413: (413, "body-too-large"), 415: (415, "unsupported-media-type"),
+    417: (417, "expectation-failed"),
+}
+# Only these headers of an aiohttp exception go into the JSON answer (its own Content-Type must not).
+_KEPT_HEADERS = ("Allow",)
+
+
+def http_exception_response(exc: web.HTTPException, cors: dict[str, str]) -> web.Response:
+    """The JSON error response for an HTTPException that aiohttp raised (router, static files, request parsing)."""
+    status, code = _AIOHTTP_ERRORS.get(exc.status, (400, "bad-request"))
+    headers = {**cors, **{k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}}
+    detail = {404: "no such resource", 405: f"{exc.reason}; allowed: {exc.headers.get('Allow', '')}"}.get(
+        status, exc.reason)
+    return error_response(status, code, detail, headers)
+
 
 def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None = None) -> web.Application:
-    """The aiohttp application: routes, and WhipError -> JSON error responses."""
+    """The aiohttp application: routes, and every refusal -> the JSON error response of protocols/http.md."""
     checks = whip.checks
 
     @web.middleware
@@ -140,11 +190,24 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, "bad-request")
-            return error_response(exc.status, code, exc.reason, dict(exc.headers) if exc.status == 405 else None)
-        except Exception:  # a bug must not leave the client without a protocol answer
-            log.exception("%s %s failed", request.method, request.path)
-            return error_response(500, "internal", "internal error; see the daemon's log")
+            return http_exception_response(exc, checks.cors())
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            # the client went away mid-request: nobody to answer; one line, no trace
+            log.debug("%s %s: client gone: %s", request.method, request.path, exc)
+            raise
+        except Exception as exc:  # a bug must not leave the client without a protocol answer
+            # one line with the place it failed, not a traceback per request: a client repeating the request
+            # must not be able to flood the log (debug logging shows the whole trace)
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
+            log.error("%s %s failed: %s: %s (at %s)", request.method, request.path[:200], type(exc).__name__,
+                      str(exc)[:200], where)
+            log.debug("traceback", exc_info=exc)
+            return error_response(500, "internal", "internal error; see the daemon's log", checks.cors())
 
     no_store = {"Cache-Control": "no-store"}
 
@@ -170,23 +233,31 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
     if whep is not None:
         app.router.add_route("OPTIONS", "/whep", whep.options)
         app.router.add_post("/whep", whep.post)
+        # a browser page POSTing to /whep/<stream> preflights that URL first: it must answer OPTIONS too
+        app.router.add_route("OPTIONS", "/whep/{stream}", whep.options)
         app.router.add_post("/whep/{stream}", whep.post)
+        app.router.add_route("OPTIONS", "/whep/session/{session}", whep.options)
         app.router.add_delete("/whep/session/{session}", whep.delete)
     # errors of the control API carry the command reply itself (protocols/mqtt-control.md), mapped to a status
     reply_status = {"unknown-stream": 404, "unknown-verb": 404, "payload-too-large": 413, "internal": 500}
 
     async def command(request: web.Request) -> web.Response:
-        checks.authorize(request)
+        checks.authorize(request, "control")
         if request.content_type != "application/json":
-            raise WhipError(415, "unsupported-media-type", "commands are application/json")
+            raise WhipError(415, "unsupported-media-type", "commands are application/json",
+                            {"Accept-Post": "application/json"})
         # one byte past the bound is read so that the handler can tell "too large" (payload-too-large) itself
-        body = await request.content.read(checks.max_body_bytes + 1)
+        body = await checks.read_bounded(request)
         reply = await hooks.command(request.match_info["verb"], body)
-        status = 200 if reply.get("ok") else reply_status.get(str(reply.get("error")), 400)
-        return web.json_response(reply, status=status, headers=no_store)
+        if reply.get("ok"):
+            return web.json_response(reply, headers=no_store)
+        # a refusal is the command reply and an HTTP error body at once (protocols/http.md section 6.1)
+        status = reply_status.get(str(reply.get("error")), 400)
+        return web.json_response({**reply, "status": status}, status=status, content_type=ERROR_CONTENT_TYPE,
+                                 headers=no_store)
 
     async def status(request: web.Request) -> web.Response:
-        checks.authorize(request)
+        checks.authorize(request, "view")
         return web.json_response(hooks.status(), headers=no_store)
 
     async def index(request: web.Request) -> web.FileResponse:

@@ -31,6 +31,7 @@ class Readings(TypedDict):
     steps: int
     publish_errors: int
     progress: list[tuple[str, int, int]]  # (stream, steps done, steps) of every stream's chunk in progress
+    http: dict[str, int]  # HTTP listener counters (auth_failures, auth_throttled, connections_refused, ...)
 
 
 class _Readings(Collector):
@@ -66,6 +67,20 @@ class _Readings(Collector):
             total.add_metric([stream], steps)
         yield done
         yield total
+        http = r.get("http", {})
+        yield CounterMetricFamily("streamd_http_auth_failures", "HTTP requests with a wrong bearer token",
+                                  value=http.get("auth_failures", 0))
+        yield CounterMetricFamily("streamd_http_auth_throttled",
+                                  "HTTP requests answered 429 because their address is backing off",
+                                  value=http.get("auth_throttled", 0))
+        yield CounterMetricFamily("streamd_http_connections_refused",
+                                  "HTTP connections closed at once because the connection limits were reached",
+                                  value=http.get("connections_refused", 0))
+        yield CounterMetricFamily("streamd_http_header_timeouts",
+                                  "HTTP connections closed because a request's headers did not arrive in time",
+                                  value=http.get("header_timeouts", 0))
+        yield GaugeMetricFamily("streamd_http_connections", "Open HTTP connections",
+                                value=http.get("connections_open", 0))
 
 
 class Metrics:

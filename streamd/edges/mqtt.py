@@ -351,6 +351,8 @@ class MqttControl:
             "model": info.get("model"),
             "version": str(info.get("version") or __version__),
             "time_ns": time.time_ns(),
+            # listeners reachable off loopback without authentication by explicit opt-out
+            "unauthenticated": list(info.get("unauthenticated", [])),
         }
 
     def _offline_payload(self, reason: str) -> bytes:

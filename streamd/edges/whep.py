@@ -134,12 +134,14 @@ class WhepEndpoint:
         self.viewers: dict[str, WhepViewer] = {}
 
     async def options(self, request: web.Request) -> web.Response:
-        """CORS preflight: the same answer as OPTIONS /whip (protocols/http.md)."""
+        """CORS preflight of every WHEP resource (protocols/http.md section 5.3); never needs a token."""
+        if "session" in request.match_info:  # 204 even for unknown sessions: reveals nothing
+            return self.checks.preflight("OPTIONS, DELETE", {})
         return self.checks.preflight("OPTIONS, POST", {"Accept-Post": SDP})
 
     async def post(self, request: web.Request) -> web.Response:
         """Start a viewer of `/whep/<stream>` (or of the newest live stream); 201 with the answer."""
-        self.checks.authorize(request)
+        self.checks.authorize(request, "view")
         offer = await self.checks.read_body(request, SDP)
         if not offer.lstrip().startswith("v=0"):
             raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
@@ -173,7 +175,7 @@ class WhepEndpoint:
 
     async def delete(self, request: web.Request) -> web.Response:
         """End a viewer at its client's request."""
-        self.checks.authorize(request)
+        self.checks.authorize(request, "view")
         if request.match_info["session"] not in self.viewers:
             raise WhipError(404, "session-not-found", "no such WHEP session")
         await self._drop(request.match_info["session"])

@@ -28,6 +28,9 @@ class WhipEndpoint:
         self.hooks = hooks
         self.sessions: dict[str, WhipSession] = {}
         self.accepting = True
+        # stream ids claimed by a POST between its checks and its session's creation: the POST awaits the engine
+        # and the peer connection in between, and a second POST for the same id must see the claim (409)
+        self._claimed: set[str] = set()
         self._refused_ended = 0  # frames refused by sessions that have ended (see `frames_refused`)
 
     # ------------------------------------------------------------------------------------------ queries
@@ -66,13 +69,14 @@ class WhipEndpoint:
 
     async def post(self, request: web.Request) -> web.Response:
         """Create a session from an SDP offer; 201 with the answer, Location and ETag."""
-        self.checks.authorize(request)
+        self.checks.authorize(request, "ingest")
         offer = await self.checks.read_body(request, SDP)
         requested = request.query.get("stream")
         if requested is not None and not valid_stream_id(requested):
             raise WhipError(400, "bad-stream-id", "stream ids are 1 to 64 characters of A-Za-z0-9_-")
         parsed = parse_offer(offer)
-        if requested is not None and self.session_for(requested) is not None:
+        # From here to the claim there is no await: concurrent POSTs for one id cannot both pass (one 409s).
+        if requested is not None and (requested in self._claimed or self.session_for(requested) is not None):
             raise WhipError(409, "stream-in-use", f"stream {requested!r} belongs to a live session")
         retry = {"Retry-After": str(RETRY_AFTER_S)}
         if not self.accepting:
@@ -80,10 +84,27 @@ class WhipEndpoint:
         ready, reason = self.hooks.readiness()
         if not ready:
             raise WhipError(503, "not-ready", f"not ready: {reason}", retry)
-        if len(self.sessions) >= self.hooks.max_streams():
-            raise WhipError(503, "at-capacity", f"{len(self.sessions)} streams are live, the configured limit",
-                            retry)
+        if len(self.sessions) + len(self._claimed) >= self.hooks.max_streams():
+            raise WhipError(503, "at-capacity", f"{self.hooks.max_streams()} streams are live, the configured "
+                            "limit", retry)
         session_id, stream_id = new_session_id(), requested or new_stream_id()
+        self._claimed.add(stream_id)
+        try:
+            session = await self._admit(session_id, stream_id, retry)
+        finally:
+            self._claimed.discard(stream_id)
+        try:
+            answer = await session.answer(offer, parsed)
+        except Exception as exc:
+            await session.close("error")
+            raise WhipError(400, "bad-sdp", f"cannot negotiate the offer: {exc}") from None
+        log.info("session %s started: stream %s from %s", session_id[:6], stream_id, request.remote)
+        headers = {**self.checks.cors(), "Location": f"/whip/{session_id}", "ETag": session.etag,
+                   "Accept-Patch": SDPFRAG, "Streamd-Stream-Id": stream_id}
+        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+
+    async def _admit(self, session_id: str, stream_id: str, retry: dict[str, str]) -> WhipSession:
+        """Admit the stream in the engine and make its session (registered in `sessions`)."""
         try:
             await self.hooks.open_stream(stream_id)
         except Exception as exc:  # AdmissionError and friends: no room for this stream
@@ -96,19 +117,11 @@ class WhipEndpoint:
             await self.hooks.close_stream(stream_id, "error", False)
             raise
         self.sessions[session_id] = session
-        try:
-            answer = await session.answer(offer, parsed)
-        except Exception as exc:
-            await session.close("error")
-            raise WhipError(400, "bad-sdp", f"cannot negotiate the offer: {exc}") from None
-        log.info("session %s started: stream %s from %s", session_id[:6], stream_id, request.remote)
-        headers = {**self.checks.cors(), "Location": f"/whip/{session_id}", "ETag": session.etag,
-                   "Accept-Patch": SDPFRAG, "Streamd-Stream-Id": stream_id}
-        return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+        return session
 
     async def patch(self, request: web.Request) -> web.Response:
         """Trickle ICE candidates into a session (ICE restarts are refused)."""
-        self.checks.authorize(request)
+        self.checks.authorize(request, "ingest")
         session = self._session(request)
         body = await self.checks.read_body(request, SDPFRAG)
         if_match = request.headers.get("If-Match")
@@ -123,7 +136,7 @@ class WhipEndpoint:
 
     async def delete(self, request: web.Request) -> web.Response:
         """End a session at its client's request."""
-        self.checks.authorize(request)
+        self.checks.authorize(request, "ingest")
         session = self._session(request)
         await session.close("client-delete")
         return web.Response(status=200, headers=self.checks.cors())

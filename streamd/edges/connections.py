@@ -1,0 +1,195 @@
+"""Bounded HTTP connections: how many, for how long, and the answer to a request aiohttp cannot parse.
+
+aiohttp bounds line and header sizes but not time: a client sending one header line a second (slowloris) holds
+its connection, and its file descriptor, forever, and nothing limits how many connections are open. This module
+adds, per listener (`HttpSettings`):
+
+- a header timeout: once a connection is open or a request has started, its request line and headers must be
+  complete within `header_timeout_s`, or the daemon answers 408 and closes the connection;
+- an idle limit: a keep-alive connection with no request for `keepalive_timeout_s` is closed;
+- `max_connections` open connections in all and `max_connections_per_client` per client address: one more is
+  answered 503 `at-capacity` (with `Retry-After`) and closed at once;
+- the JSON error body (protocols/http.md section 8) for requests the HTTP parser refuses (400), in place of
+  aiohttp's plain-text page, logged in one line without a traceback.
+
+The body timeout is the request handlers' (`RequestChecks.read_body`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
+
+from ..config import HttpSettings
+from ..wire.errors import ERROR_CONTENT_TYPE, error_body
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5  # what a connection refused for capacity is told to wait
+
+
+def raw_error(status: int, reason: str, code: str, detail: str, headers: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 error response with the JSON body, for writing straight to a transport."""
+    body = json.dumps(error_body(status, code, detail)).encode()
+    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ERROR_CONTENT_TYPE}", f"Content-Length: {len(body)}",
+             "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class ConnectionCounts:
+    """Open connections in all and per client address (entries exist only while connections do)."""
+
+    def __init__(self, settings: HttpSettings, on_refused: Any = None) -> None:
+        self.settings = settings
+        self.total = 0
+        self.per_client: Counter[str] = Counter()
+        self.refused = 0
+        self.timed_out = 0
+        self._on_refused = on_refused
+
+    def admit(self, address: str) -> str | None:
+        """Count a new connection; the reason to refuse it ("total", "per-client") or None."""
+        if self.total >= self.settings.max_connections:
+            return "total"
+        if self.per_client[address] >= self.settings.max_connections_per_client:
+            return "per-client"
+        self.total += 1
+        self.per_client[address] += 1
+        return None
+
+    def release(self, address: str) -> None:
+        """A counted connection closed."""
+        self.total -= 1
+        self.per_client[address] -= 1
+        if self.per_client[address] <= 0:
+            del self.per_client[address]
+
+
+class BoundedRequestHandler(RequestHandler):
+    """aiohttp's connection protocol with a header timeout, connection counting and JSON parse errors."""
+
+    def __init__(self, manager: "BoundedServer", **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._bounds = manager.bounds
+        self._address: str | None = None  # set once counted
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._partial = False  # bytes of a request whose headers are not complete yet have arrived
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        refusal = self._bounds.admit(address)
+        if refusal is not None:
+            self._bounds.refused += 1
+            if self._bounds._on_refused is not None:
+                self._bounds._on_refused(refusal)
+            limit = (self._bounds.settings.max_connections if refusal == "total"
+                     else self._bounds.settings.max_connections_per_client)
+            detail = (f"{limit} connections are open, the limit" if refusal == "total"
+                      else f"{limit} connections from this address are open, the limit")
+            transport.write(raw_error(503, "Service Unavailable", "at-capacity", detail,
+                                      {"Retry-After": str(RETRY_AFTER_S)}))
+            transport.close()
+            return
+        self._address = address
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        if self._address is not None:
+            self._bounds.release(self._address)
+            self._address = None
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._address is None:  # refused at connection_made: nothing is read
+            return
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._partial = False
+            self._cancel_header_timer()  # a request's headers are complete
+        elif not self._request_in_progress and not self._messages:
+            self._partial = True
+            if self._header_timer is None:
+                self._arm_header_timer()  # the first bytes of a new request on a kept-alive connection
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self._loop.call_later(self._bounds.settings.header_timeout_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._request_in_progress or self._messages or self.transport is None:
+            return  # a request got going in time
+        if self._request_count and not self._partial:
+            return  # an idle keep-alive connection: keepalive_timeout_s governs it
+        self._bounds.timed_out += 1
+        transport = self.transport
+        transport.write(raw_error(408, "Request Timeout", "request-timeout",
+                                  f"the request's headers did not arrive within "
+                                  f"{self._bounds.settings.header_timeout_s:g} s"))
+        self.force_close()  # stops the request loop; it drops its reference to the transport
+        transport.close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """The JSON error body for what aiohttp refuses itself (unparseable requests: 400), logged in one line."""
+        if status >= 500:
+            log.error("HTTP request from %s failed: %s", getattr(request, "remote", "?"),
+                      type(exc).__name__ if exc is not None else status)
+            code, detail = "internal", "internal error; see the daemon's log"
+            status = 500
+        else:
+            log.debug("refused an unparseable request from %s: %s", getattr(request, "remote", "?"), exc)
+            code, status = "bad-request", 400
+            # the parser's own message names the broken part; it holds no path or trace. Bounded and ASCII.
+            text = message or (str(getattr(exc, "message", "") or exc) if exc is not None else "")
+            detail = "the request is not valid HTTP/1.1" + (f": {text[:200]}" if text else "")
+            detail = detail.encode("ascii", "replace").decode()
+        resp = web.Response(status=status, text=json.dumps(error_body(status, code, detail)),
+                            content_type=ERROR_CONTENT_TYPE)
+        resp.force_close()
+        return resp
+
+
+class BoundedServer(Server):
+    """aiohttp's low-level server making `BoundedRequestHandler`s that share one `ConnectionCounts`."""
+
+    def __init__(self, *args: Any, bounds: ConnectionCounts, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bounds = bounds
+
+    def __call__(self) -> RequestHandler:
+        return BoundedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class BoundedAppRunner(web.AppRunner):
+    """An AppRunner whose server bounds connections as `settings` says."""
+
+    def __init__(self, app: web.Application, settings: HttpSettings, on_refused: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(app, keepalive_timeout=settings.keepalive_timeout_s, **kwargs)
+        self.bounds = ConnectionCounts(settings, on_refused)
+
+    async def _make_server(self) -> Server:
+        loop = asyncio.get_running_loop()
+        app = self._app
+        app._set_loop(loop)  # noqa: SLF001 - what AppRunner._make_server does before making its server
+        app.on_startup.freeze()
+        await app.startup()
+        app.freeze()
+        return BoundedServer(app._handle, request_factory=app._make_request, loop=loop,  # noqa: SLF001
+                             bounds=self.bounds, **self._kwargs)
