@@ -110,7 +110,7 @@ class TokenCheck:
                  on_failure: Callable[[], None] | None = None, on_throttled: Callable[[], None] | None = None) -> None:
         # bytes once, at start: compare_digest wants equal types, and a header is never longer than 8 KiB
         self._tokens = {role: token.encode("ascii") for role, token in tokens.items()}
-        self.throttle = throttle or AuthThrottle()
+        self.throttle = throttle if throttle is not None else AuthThrottle()  # (an empty one is falsy)
         self._on_failure = on_failure or (lambda: None)
         self._on_throttled = on_throttled or (lambda: None)
 
