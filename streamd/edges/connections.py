@@ -122,6 +122,11 @@ class BoundedRequestHandler(RequestHandler):
             if self._header_timer is None:
                 self._arm_header_timer()  # the first bytes of a new request on a kept-alive connection
 
+    def abandon_body(self) -> None:
+        """Close the connection after this response instead of reading the rest of the body (aiohttp's lingering
+        close reads and discards it for up to 10 s: pointless for a body that was too slow to begin with)."""
+        self._lingering_time = 0.0
+
     def _arm_header_timer(self) -> None:
         self._header_timer = self._loop.call_later(self._bounds.settings.header_timeout_s, self._header_timeout)
 

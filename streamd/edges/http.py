@@ -151,8 +151,7 @@ class RequestChecks:
                     chunks.append(chunk)
                     size += len(chunk)
         except TimeoutError:
-            raise WhipError(408, "request-timeout", f"the body did not arrive within {timeout:g} s",
-                            {"Connection": "close"}) from None
+            raise WhipError(408, "request-timeout", f"the body did not arrive within {timeout:g} s") from None
         return b"".join(chunks)
 
 
@@ -186,7 +185,13 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
         try:
             return await handler(request)
         except WhipError as exc:
-            return error_response(exc.status, exc.code, exc.detail, {**checks.cors(), **exc.headers})
+            response = error_response(exc.status, exc.code, exc.detail, {**checks.cors(), **exc.headers})
+            if exc.status == 408:  # a body too slow to arrive: answer and close, do not wait for the rest
+                response.force_close()
+                abandon = getattr(request.protocol, "abandon_body", None)
+                if abandon is not None:
+                    abandon()
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -263,10 +268,18 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
 
+    async def static(request: web.Request) -> web.FileResponse:
+        # Not aiohttp's add_static: its FileResponse answers a missing file with an empty 404 after every
+        # middleware has run (no JSON body), and a folder with 403. Only a regular file inside WEB_DIR is served.
+        path = (WEB_DIR / request.match_info["file"]).resolve()
+        if not path.is_relative_to(WEB_DIR) or not path.is_file():
+            raise WhipError(404, "not-found", "no such resource")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
     app.router.add_post("/api/cmd/{verb}", command)
     app.router.add_get("/api/status", status)
     app.router.add_get("/", index)
-    app.router.add_static("/static", WEB_DIR)
+    app.router.add_get("/static/{file:.+}", static)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
