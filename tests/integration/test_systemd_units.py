@@ -57,3 +57,17 @@ def test_units_are_notify_with_watchdog_and_gpu_access() -> None:
             assert line in text, (unit, line)
         assert "PrivateDevices=yes" not in text and "MemoryDenyWriteExecute=yes" not in text
     assert "CUDA_VISIBLE_DEVICES=%i" in (UNITS / "streamd@.service").read_text()
+
+
+def test_units_take_the_token_as_a_credential_never_in_argv() -> None:
+    from streamd.config import ServeConfig
+
+    for unit in ("streamd.service", "streamd@.service"):
+        text = (UNITS / unit).read_text()
+        assert re.search(r"^LoadCredential=http-token:/etc/streamd/", text, flags=re.M), unit
+        exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+        assert "--token" not in exec_start and "TOKEN" not in text.replace("http-token", ""), unit
+    # the example config parses, and names no secret in clear
+    example = UNITS / "streamd.toml"
+    assert "password =" not in example.read_text() and "token =" not in example.read_text()
+    ServeConfig.load(example)
