@@ -32,6 +32,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
+def _add_cp_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--context-parallel", type=_positive_int, metavar="N",
+                   help="split each denoising step over N ranks on this host (one GPU each; N divides the heads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="streamd", description="Live streaming video continuation (LongCat-Video)")
@@ -43,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output MP4")
     p.add_argument("--segments", type=_positive_int, default=2, help="segments to generate")
     _add_sampling_args(p)
+    _add_cp_arg(p)
 
     p = sub.add_parser("demo", help="run the daemon, send video over WHIP, receive the generated video over ZeroMQ")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-prefix", help="MQTT topic prefix (default streamd/<instance>)")
     p.add_argument("--instance", help="instance name (default: the host name)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _add_cp_arg(p)
 
     p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
     p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--repeats", type=_positive_int, default=5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _add_cp_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("e2e", help="the daemon end to end (WHIP in, ZeroMQ out) beside the bare engine")
     p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
@@ -169,14 +177,26 @@ def cmd_continue(args: argparse.Namespace) -> int:
     """`streamd continue`: long-video continuation of a file."""
     from .longvideo import continue_file
 
-    pipeline, params = _pipeline_and_params(args)
-    print(_describe(pipeline), file=sys.stderr)
-    update, close = _progress_bar("denoising")
+    ranks = None
+    if (args.context_parallel or 1) > 1:  # the workers load their DiT while this process loads the model
+        from .engine.ranks import RankGroup
+
+        ranks = RankGroup.launch(args.context_parallel, args.model, args.device)
     try:
-        report = continue_file(pipeline, args.input, args.output, params, args.segments,
-                               chunk_latents=args.chunk_latents, use_kv_cache=not args.no_kv_cache, progress=update)
+        pipeline, params = _pipeline_and_params(args)
+        if ranks is not None:
+            ranks.connect(pipeline.dit)
+        print(_describe(pipeline), file=sys.stderr)
+        update, close = _progress_bar("denoising")
+        try:
+            report = continue_file(pipeline, args.input, args.output, params, args.segments,
+                                   chunk_latents=args.chunk_latents, use_kv_cache=not args.no_kv_cache,
+                                   progress=update, ranks=ranks)
+        finally:
+            close()
     finally:
-        close()
+        if ranks is not None:
+            ranks.close()
     print(f"wrote {report.output}: {report.input_frames} conditioning + {report.generated_frames} generated frames "
           f"at {report.width}x{report.height}, {report.fps:g} fps, in {report.seconds:.1f} s")
     return 0
@@ -296,6 +316,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_denoise_bench(DenoiseBenchConfig(
             model=args.model, cond_latents=args.cond_latents, noise_latents=args.noise_latents,
             height=args.height, width=args.width, repeats=args.repeats, device=args.device,
+            context_parallel=args.context_parallel or 1,
         ))
     else:  # pragma: no cover - argparse restricts the choices
         raise SystemExit(f"unknown benchmark {args.bench}")
@@ -323,12 +344,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "http.token_file": args.token_file, "engine.max_streams": args.max_streams,
         "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
         "mqtt.broker": args.mqtt, "mqtt.prefix": args.mqtt_prefix, "instance": args.instance,
-        "log_level": args.log_level,
+        "log_level": args.log_level, "engine.context_parallel": args.context_parallel,
     }
     if args.http:
         overrides["http.host"], overrides["http.port"] = _host_port(args.http)
     config = ServeConfig.load(args.config, dict(os.environ), overrides)
     logging.getLogger().setLevel(config.log_level.upper() if not args.verbose else "DEBUG")
+    from .engine.ranks import under_torchrun, worker_main_from_env
+
+    if under_torchrun() and int(os.environ["RANK"]) != 0:  # several hosts: torchrun started every rank
+        m = config.model
+        return worker_main_from_env(m.spec, m.device, config.engine.collective_timeout_s, m.distilled)
     return asyncio.run(Daemon(config).run())
 
 

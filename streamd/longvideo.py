@@ -13,6 +13,7 @@ from typing import Callable
 
 from .engine.core import EngineCore
 from .engine.params import EngineConfig, StreamParams
+from .engine.ranks import RankGroup
 from .engine.window import Policy, Source, cond_frames_for
 from .media import VideoWriter, fit_frames, read_video
 from .pipeline import ContinuationPipeline
@@ -43,16 +44,17 @@ def continue_file(
     chunk_latents: int = 4,
     use_kv_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    ranks: RankGroup | None = None,
 ) -> ContinueReport:
     """Continue `source` by `segments` chunks and write [conditioning frames ; continuation] to `output` (MP4).
 
     Frames are scaled and centre-cropped to the model's resolution. `progress(done, total)` counts denoising
-    steps over the whole run.
+    steps over the whole run. `ranks`: a connected context-parallel group (streamd.engine.ranks) to run on.
     """
     if segments < 1:
         raise ValueError("segments must be at least 1")
     engine = EngineCore(pipeline, EngineConfig(chunk_latents=chunk_latents, use_kv_cache=use_kv_cache, max_streams=1,
-                                            realtime=False))
+                                            realtime=False), ranks=ranks)
     params = params.updated(policy=Policy.AUTO)
     engine.add_stream(STREAM_ID, params)
     height, width = engine.frame_size(STREAM_ID)

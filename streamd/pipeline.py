@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .model.bundle import ModelBundle, load_model
+from .model.dit import LongCatVideoDiT
 from .model.kvcache import KVCache
 from .model.vae import latent_frames, pixel_frames
 from .sampling import SCHEDULE_NAMES, Schedule, euler_step, guided_velocity, make_schedule
@@ -76,6 +77,33 @@ class DenoiseState:
     def done(self) -> bool:
         """Whether every step ran."""
         return self.step >= self.steps
+
+
+@torch.inference_mode()
+def denoise_step(dit: LongCatVideoDiT, state: DenoiseState) -> None:
+    """Take the next step of `state`'s schedule with `dit`, in place.
+
+    Uses the state's cache when `params.use_kv_cache`, else the uncached block-causal path over [cond ; noise]
+    with timestep 0 on the conditioning frames. CFG-zero's s* is taken over the noise frames only (see
+    sampling), so both paths give the same guided sample. A context-parallel worker rank calls this directly.
+    """
+    if state.done:
+        raise RuntimeError("the chunk is fully denoised")
+    i, params, t_c = state.step, state.params, state.cond.shape[2]
+    sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
+    batch = state.text.shape[0]
+    device = dit.device
+    x_in = state.x.expand(batch, -1, -1, -1, -1).to(dit.dtype)
+    t = torch.full((batch, params.noise_latents), 1000.0 * sigma, device=device)
+    if state.cache is not None:
+        v = dit(x_in, t, state.text, state.mask, num_cond_latents=t_c, kv_cache=state.cache)
+    else:
+        full = torch.cat([state.cond.expand(batch, -1, -1, -1, -1).to(dit.dtype), x_in], dim=2)
+        t_full = torch.cat([torch.zeros(batch, t_c, device=device), t], dim=1)
+        v = dit(full, t_full, state.text, state.mask, num_cond_latents=t_c)[:, :, t_c:]
+    v = guided_velocity(v, params.guidance) if batch > 1 else v
+    state.x = euler_step(state.x, v, sigma, sigma_next)
+    state.step += 1
 
 
 def frames_to_video(frames: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -177,30 +205,9 @@ class ContinuationPipeline:
         return DenoiseState(x, cond_latents, text.to(self.device), mask.to(self.device), schedule.sigmas, params,
                             cache if params.use_kv_cache else None)
 
-    @torch.inference_mode()
     def denoise_step(self, state: DenoiseState) -> None:
-        """Take the next step of `state`'s schedule, in place.
-
-        Uses the state's cache when `params.use_kv_cache`, else the uncached block-causal path over
-        [cond ; noise] with timestep 0 on the conditioning frames. CFG-zero's s* is taken over the noise frames
-        only (see sampling), so both paths give the same guided sample.
-        """
-        if state.done:
-            raise RuntimeError("the chunk is fully denoised")
-        i, params, t_c = state.step, state.params, state.cond.shape[2]
-        sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
-        batch = state.text.shape[0]
-        x_in = state.x.expand(batch, -1, -1, -1, -1).to(self.dit.dtype)
-        t = torch.full((batch, params.noise_latents), 1000.0 * sigma, device=self.device)
-        if state.cache is not None:
-            v = self.dit(x_in, t, state.text, state.mask, num_cond_latents=t_c, kv_cache=state.cache)
-        else:
-            full = torch.cat([state.cond.expand(batch, -1, -1, -1, -1).to(self.dit.dtype), x_in], dim=2)
-            t_full = torch.cat([torch.zeros(batch, t_c, device=self.device), t], dim=1)
-            v = self.dit(full, t_full, state.text, state.mask, num_cond_latents=t_c)[:, :, t_c:]
-        v = guided_velocity(v, params.guidance) if batch > 1 else v
-        state.x = euler_step(state.x, v, sigma, sigma_next)
-        state.step += 1
+        """Take the next step of `state`'s schedule, in place (see `denoise_step`)."""
+        denoise_step(self.dit, state)
 
     def denoise(
         self,

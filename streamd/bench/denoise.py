@@ -1,7 +1,13 @@
-"""`streamd bench denoise`: one denoising step with and without the KV cache, side by side in one run."""
+"""`streamd bench denoise`: one denoising step with and without the KV cache, side by side in one run.
+
+With `context_parallel` N > 1 every rank runs the same measurement on its share of the tokens (rank 0 starts the
+others on this host); the result adds, per rank, the step times, the bytes the collectives sent per step, the KV
+cache bytes and the peak memory.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -32,6 +38,7 @@ class DenoiseBenchConfig:
     width: int | None = None
     repeats: int = 5
     device: str | None = None
+    context_parallel: int = 1
 
 
 def _sync(device: torch.device) -> None:
@@ -64,12 +71,54 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in _BF16_PEAKS.items() if k in name), None)
 
 
-@torch.inference_mode()
 def run_denoise_bench(cfg: DenoiseBenchConfig) -> dict[str, Any]:
     """Time one cached and one uncached denoising step (guidance 1, batch 1), alternating, and compare outputs."""
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.context_parallel <= 1:
+        return _measure(cfg)
+    import torch.distributed as dist
+
+    from ..engine.ranks import RankGroup
+
+    group = RankGroup.launch(cfg.context_parallel, cfg.model, cfg.device, role="bench",
+                             extra=dataclasses.asdict(cfg))
+    try:
+        result = _measure(cfg, group.join(), str(group.device))
+        ranks: list[Any] = [None] * cfg.context_parallel
+        dist.gather_object(_rank_figures(result), ranks, dst=0)
+        result["ranks"] = ranks
+        return result
+    finally:
+        group.close()
+
+
+def bench_rank(cfg: dict[str, Any], group: Any, device: str) -> None:
+    """A worker rank's part of the benchmark: the same measurement, its figures gathered to rank 0."""
+    import torch.distributed as dist
+
+    result = _measure(DenoiseBenchConfig(**{**cfg, "device": device}), group, device)
+    dist.gather_object(_rank_figures(result), None, dst=0)
+
+
+_RANK_KEYS = ("rank", "prefill_s", "cached_step_s", "uncached_step_s", "collective_bytes_per_step",
+              "kv_cache_bytes", "peak_rss_bytes", "peak_cuda_bytes")
+
+
+def _rank_figures(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in _RANK_KEYS if k in result}
+
+
+@torch.inference_mode()
+def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None = None) -> dict[str, Any]:
+    """This rank's measurement (group: the context-parallel process group, None for one process)."""
+    device = torch.device(device_name or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = default_dtype(device)
     dit, height, width, text_len = _load(cfg.model, device, dtype)
+    cp = None
+    if group is not None:
+        from ..model.parallel import ContextParallel
+
+        cp = ContextParallel(group)
+        dit.set_context_parallel(cp)
     height, width = cfg.height or height, cfg.width or width
     if height % 16 or width % 16:
         raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
@@ -96,6 +145,13 @@ def run_denoise_bench(cfg: DenoiseBenchConfig) -> dict[str, Any]:
         return dit(full, t_full, text, mask, num_cond_latents=cfg.cond_latents)[:, :, cfg.cond_latents:]
 
     out_cached, out_uncached = cached(), uncached()  # warm-up, and the outputs compared below
+    moved: dict[str, dict[str, int]] = {}
+    if cp is not None:  # what one step of each kind sends (the same every step)
+        for name, fn in (("prefill", lambda: dit.prefill(cond, cache=cache)), ("cached", cached),
+                         ("uncached", uncached)):
+            cp.traffic.reset()
+            fn()
+            moved[name] = {**cp.traffic.sent, "total": cp.traffic.total}
     cached_s, uncached_s = [], []
     for _ in range(cfg.repeats):  # alternate so drifting machine load hits both paths alike
         cached_s.append(_time(cached, device))
@@ -135,7 +191,14 @@ def run_denoise_bench(cfg: DenoiseBenchConfig) -> dict[str, Any]:
         "output_rms": out_uncached.float().pow(2).mean().sqrt().item(),
         "kv_cache_bytes": cache.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "context_parallel": cp.size if cp is not None else 1,
     }
+    if cp is not None:
+        result["rank"] = cp.rank
+        result["split"] = list(cp.layout((1, h // c.patch_size[1], w // c.patch_size[2])).__dict__[k]
+                               for k in ("rows", "cols"))
+        result["collective_bytes_per_step"] = moved  # sent by this rank
+        result["kv_cache_heads"] = cache.heads
     peak = _peak_flops(device)
     if peak:
         result["peak_bf16_flops"] = peak

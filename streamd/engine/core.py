@@ -16,6 +16,7 @@ from ..pipeline import ContinuationPipeline, ProgressFn
 from .executor import Executor
 from .memory import MemoryBudget
 from .params import EngineConfig, StreamParams
+from .ranks import RankGroup
 from .scheduler import ChunkDone, Scheduler, StepPlan, StepResult
 
 MAX_FRAME_SIDE = 4096  # larger input frames are refused rather than resized (a 16K frame is a mistake or abuse)
@@ -39,10 +40,12 @@ class StepOutcome:
 class EngineCore:
     """Scheduler + executor. `step()` runs on one thread; the stream methods may be called from any thread."""
 
-    def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig | None = None) -> None:
+    def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig | None = None,
+                 ranks: RankGroup | None = None) -> None:
+        """`ranks`: worker ranks of a context-parallel group (connected, see ranks.py); None for one process."""
         self.pipeline = pipeline
         self.config = config or EngineConfig()
-        self.executor = Executor(pipeline, self.config)
+        self.executor = Executor(pipeline, self.config, ranks)
         budget = MemoryBudget(self.config.memory_budget_bytes or self.executor.default_budget())
         self.scheduler: Scheduler[np.ndarray] = Scheduler(
             self.config, budget, spatial_multiple=pipeline.spatial_multiple,
@@ -94,6 +97,7 @@ class EngineCore:
             self.executor.release(stream_id)
         plan = self.scheduler.next_step()
         if plan is None:
+            self.executor.idle()
             return None
         result = self.executor.run(plan)
         return StepOutcome(plan, result, self.scheduler.commit(plan, result))

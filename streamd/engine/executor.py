@@ -9,6 +9,10 @@ Geometry (codec factors, patch size, text length, guidance batch) comes from the
 
 Bounds: one KV cache and at most one chunk in progress per admitted stream; one window of latents per stream for
 latent chaining. Buffers are allocated on a stream's first step and freed when the scheduler releases it.
+
+Context parallelism (`ranks`, see ranks.py): before a chunk's prefill and before every step, the workers are told
+what it needs, and then every rank runs it; this process's KV caches hold its share of the heads. Any failure of a
+step is then a failure of the whole group (`ranks.fail`). Without `ranks` none of this runs.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from ..model.kvcache import KVCache
 from ..pipeline import ChunkParams, ContinuationPipeline, DenoiseState
 from .memory import StreamFootprint, available_ram
 from .params import EngineConfig, StreamParams
+from .ranks import RankGroup
 from .scheduler import StepPlan, StepResult
 from .window import Chaining, Source, cond_frames_for
 
 
 GUIDANCE_BATCH = 2  # [uncond ; cond] with classifier-free guidance
+WARM_UP_STREAM = "\0warm-up"  # the warm-up step's stream id (no client can name a stream so)
 
 
 @dataclass
@@ -50,9 +56,10 @@ class _Latents:
 class Executor:
     """Runs denoising steps for the scheduler. Single-threaded: only the engine thread calls it."""
 
-    def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig) -> None:
+    def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig, ranks: RankGroup | None = None) -> None:
         self.pipeline = pipeline
         self.config = config
+        self.ranks = ranks
         bundle, dit = pipeline.bundle, pipeline.dit
         self.spatial_factor = pipeline.codec.spatial_factor
         self.temporal_factor = pipeline.codec.temporal_factor
@@ -74,7 +81,7 @@ class Executor:
         height, width = height or self.height, width or self.width
         cfg, dit = self.config, self.pipeline.dit
         tokens = cfg.cond_latents * self.tokens_per_frame(height, width)
-        kv = KVCache.bytes_needed(dit.config, tokens, batch=1, dtype=dit.dtype)
+        kv = KVCache.bytes_needed(dit.config, tokens, batch=1, dtype=dit.dtype, heads=dit.kv_heads)
         s = self.spatial_factor
         latents = dit.config.in_channels * (cfg.cond_latents + cfg.chunk_latents) * (height // s) * (width // s) * 4
         frames = 2 * cond_frames_for(cfg.cond_latents, self.temporal_factor) * height * width * 3  # live + own, uint8
@@ -109,12 +116,24 @@ class Executor:
                           np.uint8)
         params = self.chunk_params(cfg.initial_params())
         cond = self.pipeline.encode(frames)
-        state = self.pipeline.begin_denoise(cond, cfg.prompt, params)
-        self.pipeline.denoise_step(state)
+        tokens = cfg.cond_latents * self.tokens_per_frame(self.height, self.width)
+        cache = self._new_cache(tokens) if params.use_kv_cache else None
+        state = self.pipeline.begin_denoise(cond, cfg.prompt, params, cache=cache)
+        self._start(WARM_UP_STREAM, state, tokens)
+        self._step(WARM_UP_STREAM, state)
+        if self.ranks is not None:
+            self.ranks.release(WARM_UP_STREAM)
         return time.perf_counter() - started
 
+    def idle(self) -> None:
+        """Called when no stream can run: keeps worker ranks from mistaking a quiet engine for a dead one."""
+        if self.ranks is not None:
+            self._guarded(self.ranks.heartbeat)
+
     def release(self, stream_id: str) -> None:
-        """Free everything a stream holds here."""
+        """Free everything a stream holds here (and on the worker ranks)."""
+        if self.ranks is not None:
+            self._guarded(self.ranks.release, stream_id)
         self._caches.pop(stream_id, None)
         self._chunks.pop(stream_id, None)
         self._latents.pop(stream_id, None)
@@ -153,19 +172,48 @@ class Executor:
         params = self.chunk_params(plan.params)
         cond = self._cond_latents(plan, gen)
         cache = None
+        tokens = self.config.cond_latents * self.tokens_per_frame(plan.height, plan.width)
         if params.use_kv_cache:
             cache = self._caches.get(plan.stream_id)
             if cache is None:  # the stream's first chunk: its buffers, sized for its window, for its whole life
-                tokens = self.config.cond_latents * self.tokens_per_frame(plan.height, plan.width)
-                dit = self.pipeline.dit
-                cache = KVCache(dit.config, tokens, batch=1, device=dit.device, dtype=dit.dtype)
-                self._caches[plan.stream_id] = cache
-            self.pipeline.prefill(cond, cache=cache)
+                cache = self._caches[plan.stream_id] = self._new_cache(tokens)
+        # the noise is drawn before the prefill, which draws nothing: the same chunk as prefilling first
         state = self.pipeline.begin_denoise(cond, plan.params.prompt, params, cache=cache, generator=gen)
+        self._start(plan.stream_id, state, tokens)
         return _Chunk(plan.generation, plan.chunk.chunk, state)
+
+    def _new_cache(self, tokens: int) -> KVCache:
+        dit = self.pipeline.dit
+        return KVCache(dit.config, tokens, batch=1, device=dit.device, dtype=dit.dtype, heads=dit.kv_heads)
+
+    def _start(self, stream_id: str, state: DenoiseState, tokens: int) -> None:
+        """A chunk's inputs to the worker ranks (if any), then the prefill of its cache (on every rank)."""
+        if self.ranks is not None:
+            self.ranks.begin(stream_id, state, tokens)
+        if state.cache is not None:
+            self.pipeline.prefill(state.cond, cache=state.cache)
+
+    def _step(self, stream_id: str, state: DenoiseState) -> None:
+        if self.ranks is not None:
+            self.ranks.step(stream_id, state.step)
+        self.pipeline.denoise_step(state)
+
+    def _guarded(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run `fn` with worker ranks: any failure breaks the whole group, loudly."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            assert self.ranks is not None
+            self.ranks.fail(f"{type(exc).__name__}: {exc}")
+            raise
 
     def run(self, plan: StepPlan[np.ndarray]) -> StepResult:
         """Run one planned step; after a chunk's last step the result carries its decoded frames."""
+        if self.ranks is not None:
+            return self._guarded(self._run, plan)
+        return self._run(plan)
+
+    def _run(self, plan: StepPlan[np.ndarray]) -> StepResult:
         started = time.perf_counter()
         chunk = self._chunks.get(plan.stream_id)
         if plan.begins or chunk is None or (chunk.generation, chunk.chunk) != (plan.generation, plan.chunk.chunk):
@@ -177,7 +225,7 @@ class Executor:
             raise RuntimeError(f"stream {plan.stream_id}: step {plan.step} planned, the chunk is at "
                                f"{chunk.denoise.step}")
         state = chunk.denoise
-        self.pipeline.denoise_step(state)
+        self._step(plan.stream_id, state)
         if self.config.step_delay_s > 0:
             time.sleep(self.config.step_delay_s)
         frames = None

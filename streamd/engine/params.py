@@ -140,6 +140,11 @@ class EngineConfig:
     prompt: str = ""  # initial prompt of every new stream
     steps: int | None = None  # initial steps of every new stream (None: the model's)
     guidance: float | None = None  # initial guidance of every new stream (None: the model's)
+    # Context parallelism: one stream's denoising over this many ranks (one GPU each; it must divide the model's
+    # heads). A collective (or a worker waiting for rank 0) taking longer than `collective_timeout_s` is a lost
+    # rank: the daemon logs it and exits non-zero.
+    context_parallel: int = 1
+    collective_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.cond_latents <= 16 or not 1 <= self.chunk_latents <= 64:
@@ -154,6 +159,10 @@ class EngineConfig:
             raise ValueError("engine.output_queue must be at least 1")
         if self.stall_timeout_s <= 0:
             raise ValueError("engine.stall_timeout_s must be positive")
+        if not 1 <= self.context_parallel <= 64:
+            raise ValueError("engine.context_parallel must be in 1..64")
+        if self.collective_timeout_s <= 0:
+            raise ValueError("engine.collective_timeout_s must be positive")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes < 1:
             raise ValueError("engine.memory_budget_bytes must be positive")
         self.initial_params()  # the initial stream parameters must be valid too

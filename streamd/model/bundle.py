@@ -120,6 +120,29 @@ def load_model(
     )
 
 
+def load_dit_only(
+    spec: str | Path,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype | None = None,
+    distilled: bool | None = None,
+) -> LongCatVideoDiT:
+    """The DiT of `load_model(spec, ...)` alone, for a context-parallel worker rank (no text encoder, no codec).
+
+    A checkpoint folder merges the distilled LoRA by the same rule as `load_model`.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or default_dtype(device)
+    root = Path(spec)
+    if (isinstance(spec, str) and spec in PRESETS) or not (root / "text_encoder").is_dir():
+        return load_model(spec, device=device, dtype=dtype, distilled=distilled).dit  # embedded: small parts
+    lora = root / DISTILL_LORA
+    if distilled and not lora.is_file():
+        raise CheckpointError(f"distilled sampling asked for, but {lora} is missing")
+    use_lora = lora.is_file() if distilled is None else distilled
+    return LongCatVideoDiT.from_pretrained(root / "dit", device=device, dtype=dtype,
+                                           loras=[(lora, 1.0)] if use_lora else [])
+
+
 def preset_weights(preset: Preset) -> Path | None:
     """The checkpoint folder shipped for `preset` (holding `dit/` and `scheduler/`), None if it has none."""
     return WEIGHTS_DIR / preset.weights if preset.weights else None
