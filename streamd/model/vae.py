@@ -299,6 +299,14 @@ class EmbeddedCodec:
             z = patches @ self._encode_matrix.t()
             return z.permute(0, 4, 1, 2, 3).float().contiguous()  # [B, 16, T, h, w]
 
+    def pixel_gains(self) -> Tensor:
+        """Squared pixel-space norm of each latent channel's decoding pattern, float32 ``[16]``.
+
+        The decoder is linear with orthogonal patterns, so a latent error ``e`` costs ``sum_c gains[c] * e_c^2`` in
+        pixel-space squared error: the colour-mean channels weigh about 300 times more than the chroma details.
+        """
+        return self._decode_matrix.float().pow(2).sum(dim=0).cpu()  # [192, 16] -> [16]
+
     def decode(self, latents: Tensor) -> Tensor:
         """Decode latents ``[B, 16, T, h, w]`` to pixels ``[B, 3, 4(T-1)+1, 8h, 8w]`` float32 clamped to [-1, 1]."""
         _check_latents(latents, self.latent_channels)
