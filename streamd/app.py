@@ -34,6 +34,7 @@ from .edges.whep import WhepEndpoint
 from .edges.whip import WhipEndpoint
 from .edges.zmq import CurveConfig, FramePublisher
 from .engine.core import ChunkOutput, EngineCore, StepOutcome
+from .engine.ranks import RankGroup, start_group
 from .engine.runner import EngineRunner
 from .pipeline import ContinuationPipeline
 
@@ -66,6 +67,8 @@ class Daemon:
         self._watchdog_task: asyncio.Task[None] | None = None
         self._fps_mark: tuple[float, int] = (time.monotonic(), 0)  # for the STATUS frames/s figure
         self._signals = 0
+        self.ranks: RankGroup | None = None  # worker ranks of a context-parallel engine
+        self.rank_failure: str | None = None  # why the rank group broke (the daemon then exits non-zero)
 
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
@@ -260,15 +263,23 @@ class Daemon:
             self.mqtt.set_state("starting")
             self._mqtt_task = asyncio.create_task(self.mqtt.run())
         started = time.perf_counter()
+        if cfg.engine.context_parallel > 1:  # the workers load their DiT while this process loads the model
+            self.ranks = start_group(cfg.engine.context_parallel, str(cfg.model.spec), cfg.model.device,
+                                     cfg.engine.collective_timeout_s, cfg.model.distilled)
+            self.ranks.exit_on_failure = True
+            loop = asyncio.get_running_loop()
+            self.ranks.on_failure = lambda reason: loop.call_soon_threadsafe(self._ranks_failed, reason)
         log.info("loading model %s", cfg.model.spec)
         self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device,
                                                 distilled=cfg.model.distilled)
+        if self.ranks is not None:
+            await asyncio.to_thread(self.ranks.connect, self.pipeline.dit)
         bundle = self.pipeline.bundle
         log.info("model %s loaded in %.1f s on %s (%s)%s", bundle.name, time.perf_counter() - started,
                  self.pipeline.device, bundle.description,
                  "" if bundle.trained else " -- random weights: output is structured noise")
         e = cfg.engine
-        core = EngineCore(self.pipeline, e)
+        core = EngineCore(self.pipeline, e, ranks=self.ranks)
         warm = await asyncio.to_thread(core.executor.warm_up)
         log.info("warm-up step at %dx%d took %.2f s", bundle.width, bundle.height, warm)
         runner = EngineRunner(core, output_capacity=e.output_queue)
@@ -337,6 +348,11 @@ class Daemon:
             if out.cond_arrival is not None:
                 self.latency[out.stream_id] = time.monotonic() - out.cond_arrival
 
+    def _ranks_failed(self, reason: str) -> None:
+        """A rank of the context-parallel group died or hung: stop, and exit non-zero (systemd restarts us)."""
+        self.rank_failure = reason
+        self.stop_requested.set()
+
     def _on_signal(self, sig: signal.Signals) -> None:
         """The first SIGTERM/SIGINT asks for a graceful stop; a second one exits at once."""
         self._signals += 1
@@ -370,6 +386,8 @@ class Daemon:
         stopped = True
         if self.runner is not None:
             stopped = await asyncio.to_thread(self.runner.stop, engine_timeout_s)
+        if self.ranks is not None:  # after the engine: `stop` to every worker rank, then wait for them
+            await asyncio.to_thread(self.ranks.close)
         if self._publish_task is not None:
             self._publish_task.cancel()
             await asyncio.gather(self._publish_task, return_exceptions=True)
@@ -393,4 +411,5 @@ class Daemon:
             await self.shutdown()
             raise
         await self.stop_requested.wait()
-        return 0 if await self.shutdown() else 1
+        stopped = await self.shutdown()
+        return 0 if stopped and self.rank_failure is None else 1

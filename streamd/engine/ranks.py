@@ -212,9 +212,14 @@ class RankGroup:
                 return
             time.sleep(0.5 if self.procs else 0)  # let a dying worker be reaped, so it can be named
             dead = self._dead()
-            self.failed = "; ".join(dead) if dead else reason
-        log.error("context parallel: %s%s", self.failed, "" if not dead or reason in self.failed else
-                  f" (rank 0 saw: {reason})")
+            if dead:
+                self.failed = "; ".join(dead)
+            elif self.procs:  # all alive: one of them hangs (or rank 0 failed alone)
+                self.failed = (f"{reason} (no worker exited: ranks 1..{self.world - 1}, pids "
+                               f"{[p.pid for p in self.procs]}, are alive; one hangs or rank 0 failed)")
+            else:
+                self.failed = reason
+        log.error("context parallel: %s", self.failed)
         if self.on_failure is not None:
             self.on_failure(self.failed)
         if self.exit_on_failure:
@@ -371,6 +376,17 @@ def worker_main_from_env(model: str, device: str | None, timeout_s: float = DEFA
     """A worker rank started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK)."""
     return run_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"],
                       int(os.environ["MASTER_PORT"]), model, device, timeout_s, distilled)
+
+
+def start_group(world: int, model: str, device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                distilled: bool | None = None) -> RankGroup:
+    """Rank 0's group: the ranks torchrun started (WORLD_SIZE of them), or world-1 workers started here."""
+    if under_torchrun():
+        if int(os.environ["WORLD_SIZE"]) != world:
+            log.warning("context parallel: torchrun started %s ranks, the configuration asks for %d; using %s",
+                        os.environ["WORLD_SIZE"], world, os.environ["WORLD_SIZE"])
+        return RankGroup.from_env(device, timeout_s)
+    return RankGroup.launch(world, model, device, timeout_s, distilled)
 
 
 def under_torchrun() -> bool:
