@@ -77,6 +77,11 @@ class _Groups:
     control: Any
 
 
+def _init_method(addr: str, port: int) -> str:
+    """torchrun's own store (env://) under torchrun, else a TCP store that rank 0 opens on `addr:port`."""
+    return "env://" if under_torchrun() else f"tcp://{addr}:{port}"
+
+
 def _connect(rank: int, world: int, addr: str, port: int, device: torch.device, timeout_s: float) -> _Groups:
     """Rendezvous (long timeout: ranks load models at their own pace), then groups with the collective timeout."""
     import torch.distributed as dist
@@ -84,7 +89,7 @@ def _connect(rank: int, world: int, addr: str, port: int, device: torch.device, 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = backend_for(device)
-    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
+    dist.init_process_group(backend, init_method=_init_method(addr, port), rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=STARTUP_TIMEOUT_S))
     timeout = datetime.timedelta(seconds=timeout_s)
     model = dist.new_group(backend=backend, timeout=timeout)
