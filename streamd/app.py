@@ -387,7 +387,7 @@ class Daemon:
         if self.runner is not None:
             stopped = await asyncio.to_thread(self.runner.stop, engine_timeout_s)
         if self.ranks is not None:  # after the engine: `stop` to every worker rank, then wait for them
-            await asyncio.to_thread(self.ranks.close)
+            await asyncio.to_thread(self.ranks.close, 10.0, stopped)
         if self._publish_task is not None:
             self._publish_task.cancel()
             await asyncio.gather(self._publish_task, return_exceptions=True)

@@ -244,10 +244,14 @@ class RankGroup:
             time.sleep(0.2)
 
     # ------------------------------------------------------------------------------------------ stop
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop every rank: `stop` to the workers (when the group still works), then wait, then kill."""
+    def close(self, timeout_s: float = 10.0, graceful: bool = True) -> None:
+        """Stop every rank: `stop` to the workers (when the group still works), then wait, then kill.
+
+        graceful=False: the engine thread may still be inside a step (it did not stop in time), so no message is
+        sent (it could interleave with the step's collectives); the workers are stopped by their timeout or killed.
+        """
         self._closing = True
-        if self._groups is not None and self.failed is None and self.role == "engine":
+        if self._groups is not None and self.failed is None and self.role == "engine" and graceful:
             try:
                 self._send({"op": "stop"})
             except Exception as exc:  # a broken group: the workers exit by their own timeout or are killed
