@@ -29,6 +29,7 @@ from aiohttp.web_server import Server
 
 from ..config import HttpSettings
 from ..wire.errors import ERROR_CONTENT_TYPE, error_body
+from .http import http_exception_response
 
 log = logging.getLogger(__name__)
 
@@ -196,5 +197,17 @@ class BoundedAppRunner(web.AppRunner):
         app.on_startup.freeze()
         await app.startup()
         app.freeze()
-        return BoundedServer(app._handle, request_factory=app._make_request, loop=loop,  # noqa: SLF001
-                             bounds=self.bounds, **self._kwargs)
+        handle = app._handle  # noqa: SLF001
+
+        async def handle_outside_middlewares(request: web.BaseRequest) -> web.StreamResponse:
+            # aiohttp runs a route's Expect handler before any middleware, and its 417 (an Expect other than
+            # 100-continue) would leave as plain text: what escapes the application is answered here.
+            try:
+                return await handle(request)  # type: ignore[arg-type]
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                return http_exception_response(exc, {})
+
+        return BoundedServer(handle_outside_middlewares, request_factory=app._make_request,  # noqa: SLF001
+                             loop=loop, bounds=self.bounds, **self._kwargs)

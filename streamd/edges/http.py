@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -175,6 +176,17 @@ def http_exception_response(exc: web.HTTPException, cors: dict[str, str]) -> web
     return error_response(status, code, detail, headers)
 
 
+def page_file(path: Path) -> web.Response:
+    """One of the web page's files, whole.
+
+    Not aiohttp's add_static or FileResponse: after every middleware has run, those answer a missing file with
+    an empty 404, a folder with 403, and If-Match or Range headers with empty 412 and 416 responses, none with
+    the JSON error body. The page's files are a few KiB, read per request (no caching: an edited page is seen).
+    """
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.Response(body=path.read_bytes(), content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+
 def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None = None) -> web.Application:
     """The aiohttp application: routes, and every refusal -> the JSON error response of protocols/http.md."""
     checks = whip.checks
@@ -265,16 +277,18 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
         checks.authorize(request, "view")
         return web.json_response(hooks.status(), headers=no_store)
 
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB_DIR / "index.html")
+    async def index(request: web.Request) -> web.Response:
+        return page_file(WEB_DIR / "index.html")
 
-    async def static(request: web.Request) -> web.FileResponse:
-        # Not aiohttp's add_static: its FileResponse answers a missing file with an empty 404 after every
-        # middleware has run (no JSON body), and a folder with 403. Only a regular file inside WEB_DIR is served.
-        path = (WEB_DIR / request.match_info["file"]).resolve()
-        if not path.is_relative_to(WEB_DIR) or not path.is_file():
+    async def static(request: web.Request) -> web.Response:
+        try:
+            path = (WEB_DIR / request.match_info["file"]).resolve()
+            found = path.is_relative_to(WEB_DIR) and path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte: no such file either
+            found = False
+        if not found:
             raise WhipError(404, "not-found", "no such resource")
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return page_file(path)
 
     app.router.add_post("/api/cmd/{verb}", command)
     app.router.add_get("/api/status", status)

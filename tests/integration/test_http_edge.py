@@ -273,6 +273,45 @@ def test_command_refusal_is_the_reply_and_an_error_body() -> None:
     asyncio.run(scenario())
 
 
+# ------------------------------------------------------------------------------------------ fuzz regressions
+# Minimised examples from test_http_fuzz.py (each once answered 500 or a body that was not the JSON error).
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    # aiohttp runs the Expect handler before any middleware: its 417 was plain text
+    (b"POST /whip?stream=cam1 HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: teapot\r\nContent-Length: 0\r\n"
+     b"Connection: close\r\n\r\n", 417, "expectation-failed"),
+    # a static path with a component longer than the file system allows: OSError (ENAMETOOLONG) -> 500
+    (b"GET /static/app.js/" + b"a" * 300 + b"?stream=cam1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+     b"Connection: close\r\n\r\n", 404, "not-found"),
+    # a NUL byte in a static path: ValueError (embedded null byte) -> 500
+    (b"GET /static/app.js/%00?stream=cam1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+     b"Connection: close\r\n\r\n", 404, "not-found"),
+    (b"GET /static/%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not-found"),
+])
+def test_fuzz_regressions_errors(request_bytes: bytes, status: int, code: str) -> None:
+    async def scenario() -> None:
+        async with serve() as s:
+            reply = await asyncio.get_running_loop().run_in_executor(None, raw_exchange, s.port, request_bytes)
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), reply[:300]
+            assert b"application/problem+json" in head
+            payload = json.loads(body)
+            jsonschema.validate(payload, ERROR_SCHEMA)
+            assert payload["error"] == code and payload["status"] == status
+    asyncio.run(scenario())
+
+
+def test_fuzz_regression_page_ignores_conditional_and_range_headers() -> None:
+    # FileResponse answered If-Match: "nope" with an empty 412 (and Range with 206/416); the page is served whole
+    async def scenario() -> None:
+        async with serve() as s:
+            for path in ("/?stream=cam1", "/static/app.js"):
+                for header in ({"If-Match": '"nope"'}, {"Range": "bytes=999999-"}, {"If-None-Match": "*"},
+                               {"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}):
+                    status, _, text = await call("GET", s.base + path, headers=header)
+                    assert status == 200 and text, (path, header, status)
+    asyncio.run(scenario())
+
+
 # ------------------------------------------------------------------------------------------ roles and backoff
 # every authenticated door: (method, path, role); bodies are minimal, enough to get past the token check
 DOORS = [
