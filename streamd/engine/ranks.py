@@ -128,8 +128,8 @@ class RankGroup:
     # ------------------------------------------------------------------------------------------ launch
     @classmethod
     def launch(cls, world: int, model: str, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-               distilled: bool | None = None, role: str = "engine", extra: dict[str, Any] | None = None,
-               log_dir: str | None = None) -> "RankGroup":
+               distilled: bool | None = None, role: str = "engine",
+               extra: dict[str, Any] | None = None) -> "RankGroup":
         """Start ranks 1..world-1 on this host (they load their DiT while the caller loads its model)."""
         if world < 2:
             raise ValueError("a rank group needs at least two ranks")

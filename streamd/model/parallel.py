@@ -151,7 +151,9 @@ class ContextParallel:
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """x: [...] contiguous on every rank -> [N, ...] in rank order."""
         out = torch.empty((self.size, *x.shape), dtype=x.dtype, device=x.device)
-        self._dist.all_gather_into_tensor(out, x, group=self.group) if x.is_cuda else \
+        if x.is_cuda:  # NCCL gathers into one buffer
+            self._dist.all_gather_into_tensor(out, x, group=self.group)
+        else:  # gloo takes a list of views of it
             self._dist.all_gather(list(out.unbind(0)), x, group=self.group)
         self.traffic.add("all_gather", x.numel() * x.element_size() * (self.size - 1))
         return out
