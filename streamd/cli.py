@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the embedded model on procedural video (resumes from --out)")
     p.add_argument("--out", type=Path, default=Path("out/train"),
                    help="output folder: train_state.pt (resumed from when present), dit/, scheduler/, train.json")
-    p.add_argument("--steps", type=_positive_int, help="optimiser steps in all (default: the recipe's 9000)")
+    p.add_argument("--steps", type=_positive_int,
+                   help="optimiser steps in all (default: the recipe's, TrainConfig.steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the noise")
     p.add_argument("--fresh", action="store_true", help="start over, ignoring a state file in --out")
 
