@@ -12,11 +12,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from streamd.e2e import LOOPBACK, free_port, http_get
 from streamd.edges.auth import FAILURES_BEFORE_BACKOFF
 from streamd.edges.mqtt import MqttControl
+from streamd.wire.schemas import load_schema
 
 from .conftest import TEST_ENV, start_daemon
 
@@ -91,7 +93,9 @@ def test_mqtt_status_lists_the_opt_outs() -> None:
             return {"streams": [], "model": "tiny", "version": "x", "unauthenticated": ["zmq"]}
 
     control = MqttControl(Controller(), "127.0.0.1", 1883, "streamd/t")  # type: ignore[arg-type]
-    assert control._status("online")["unauthenticated"] == ["zmq"]  # noqa: SLF001
+    status = control._status("online")  # noqa: SLF001
+    assert status["unauthenticated"] == ["zmq"]
+    jsonschema.validate(status, load_schema("mqtt-status"))
 
 
 def test_token_sources_reach_the_daemon(tmp_path: Path) -> None:
