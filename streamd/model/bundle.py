@@ -60,11 +60,6 @@ class ModelBundle:
     preset: str | None = None  # the embedded preset's name; None for a checkpoint folder
     weights_dir: Path | None = None  # where the DiT weights came from; None for random weights
 
-    @property
-    def embedded(self) -> bool:
-        """Deprecated (use `trained` and `preset`): True for an embedded preset with random weights."""
-        return self.preset is not None and not self.trained
-
 
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (the published precision), fp32 on CPU (bf16 matmuls are slow and inexact there)."""

@@ -161,11 +161,12 @@ async function describeModel() {
 // Names the model and what it learned from; a random-weight model says that its output is noise.
 function modelText(body) {
   if (!body.model) return "–";
-  // model_embedded (older daemons) meant "an embedded preset with random weights"
-  if (body.model_trained === false || body.model_embedded === true) {
-    return `${body.model} (random weights, untrained: the generated video is structured noise)`;
-  }
-  return body.model_description ? `${body.model}: ${body.model_description}` : body.model;
+  // daemons before model_trained sent only model_embedded, then meaning "embedded with random weights"
+  const trained = body.model_trained ?? !body.model_embedded;
+  if (!trained) return `${body.model} (random weights, untrained: the generated video is structured noise)`;
+  if (body.model_description) return `${body.model}: ${body.model_description}`;
+  return body.model_embedded
+    ? `${body.model} (embedded, trained on procedural video: moving shapes, pans, zooms, rotation)` : body.model;
 }
 
 describeModel().catch(() => {});
