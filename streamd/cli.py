@@ -228,7 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # `streamd send`'s test pattern (320x240, seed 0), fitted to the model's size as the daemon does at ingest
     pattern = fit_frames(synthetic_clip(COND_FRAMES + CHUNK_FRAMES, 240, 320).frames, pipeline.bundle.height,
                          pipeline.bundle.width)
-    demo = demo_continuations(pipeline, live_pattern=pattern)
+    # the same sampling settings as the daemon run, so the figure describes the video the demo wrote
+    demo = demo_continuations(pipeline, live_pattern=pattern, steps=args.steps, guidance=args.guidance)
     continuation = args.out / "continuation_sheet.png"
     scale = max(1, 128 // pipeline.bundle.height)
     continuation_sheet(demo.rows, scale=scale, path=continuation)
@@ -240,7 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for i, label in enumerate(demo.labels):
         print(f"                 row {i + 1}: {label}")
     s = demo.score
-    print(f"quality:         PSNR at 1/8 scale, frames 5-16, {demo.scored_clips} held-out moving clips: model "
+    print(f"quality:         PSNR at 1/8 scale, frames 5-16, {demo.scored_clips} held-out moving clips, "
+          f"{demo.params.steps} steps, guidance {demo.params.guidance:g}: model "
           f"{s.model_db:.1f} dB, copy-last {s.copy_last_db:.1f} dB ({s.margin_db:+.1f} dB), linear extrapolation "
           f"{s.linear_db:.1f} dB (full table: streamd bench quality --json)")
     print(f"daemon log:      {args.out / 'daemon.log'}")

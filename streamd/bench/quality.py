@@ -493,17 +493,25 @@ class DemoContinuations:
     labels: list[str]
     score: ContinuationScore  # over every held-out clip scored (the rows' and more)
     scored_clips: int
+    params: ChunkParams  # how the chunks were sampled (the seed is per chunk)
 
 
 def demo_continuations(pipe: ContinuationPipeline, clips: int = 8, shown: int = 3, seed: int = 0,
-                       live_pattern: np.ndarray | None = None) -> DemoContinuations:
+                       live_pattern: np.ndarray | None = None, steps: int | None = None,
+                       guidance: float | None = None) -> DemoContinuations:
     """Continue `clips` held-out moving clips (their captions as prompts) and score them against copy-last.
 
     The first `shown` become sheet rows; `live_pattern` (29 frames of the demo's live input at the model's
     size, when given) is continued too, with an empty prompt as the daemon runs by default, and shown first.
+    `steps` and `guidance` override the model's defaults (None: the model's).
     """
     h, w = pipe.bundle.height, pipe.bundle.width
-    params = pipe.default_params(noise_latents=CHUNK_LATENTS)
+    overrides: dict[str, Any] = {"noise_latents": CHUNK_LATENTS}
+    if steps is not None:
+        overrides["steps"] = steps
+    if guidance is not None:
+        overrides["guidance"] = guidance
+    params = pipe.default_params(**overrides)
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     labels: list[str] = []
     scored = []
@@ -520,4 +528,4 @@ def demo_continuations(pipe: ContinuationPipeline, clips: int = 8, shown: int = 
         if n < shown:
             rows.append((cond, gen, truth))
             labels.append(f"held-out clip {index}: {scene.caption}")
-    return DemoContinuations(rows, labels, score_chunks(scored), len(scored))
+    return DemoContinuations(rows, labels, score_chunks(scored), len(scored), params)
