@@ -161,9 +161,9 @@ def open_fds(pid: int) -> int:
 
 
 def test_slowloris_is_cut_off_and_descriptors_return(tmp_path: Path) -> None:
-    """300 half-open POSTs, one header line a second: cut off within the header timeout (2 s here), at most
-    `max_connections_per_client` held at once, and the daemon's descriptors back at their baseline."""
-    d = start_daemon(tmp_path, env={"STREAMD_HTTP_HEADER_TIMEOUT_S": "2", "STREAMD_HTTP_MAX_CONNECTIONS": "256",
+    """300 half-open POSTs, one header line every half second: cut off within the header timeout (4 s here), at
+    most `max_connections` held at once, and the daemon's descriptors back at their baseline."""
+    d = start_daemon(tmp_path, env={"STREAMD_HTTP_HEADER_TIMEOUT_S": "4", "STREAMD_HTTP_MAX_CONNECTIONS": "256",
                                     "STREAMD_HTTP_MAX_CONNECTIONS_PER_CLIENT": "32"})
     try:
         time.sleep(1)
@@ -178,6 +178,7 @@ def test_slowloris_is_cut_off_and_descriptors_return(tmp_path: Path) -> None:
                 s.send(b"POST /whip HTTP/1.1\r\nHost: x\r\n")
             except OSError:
                 pass
+        time.sleep(1)  # every connection accepted (or refused), none timed out yet
         during = open_fds(d.proc.pid)
         # keep dribbling headers; every connection must be closed by the daemon
         closed_at: dict[int, float] = {}
@@ -202,8 +203,8 @@ def test_slowloris_is_cut_off_and_descriptors_return(tmp_path: Path) -> None:
         print(f"slowloris: fds before {before}, during {during}, after {after}; all 300 cut within "
               f"{max(closed_at.values()):.1f} s")
         assert len(closed_at) == 300
-        assert max(closed_at.values()) < 2 + 3  # the header timeout plus polling slack
-        assert during - before <= 256 + 5  # never more than max_connections held
+        assert max(closed_at.values()) < 4 + 4  # the header timeout, connecting 300, and polling slack
+        assert 200 <= during - before <= 256 + 5  # held, but never more than max_connections
         assert after <= before + 2
         assert d.metric("streamd_http_header_timeouts_total") >= 1
         assert get(f"{d.base}/livez")[0] == 200
