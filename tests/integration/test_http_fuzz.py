@@ -354,6 +354,7 @@ def test_fuzz_patch_and_delete_on_a_real_session(live: Live) -> None:
 
     mine, etag = post_session()
     other, _ = post_session()
+    seen: Counter[int] = Counter()
     frag = ("a=ice-ufrag:{u}\r\na=ice-pwd:{p}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n{c}")
 
     @seed(FUZZ_SEED)
@@ -362,10 +363,10 @@ def test_fuzz_patch_and_delete_on_a_real_session(live: Live) -> None:
            content_type=st.sampled_from(["application/trickle-ice-sdpfrag", "application/sdp", None]),
            body=st.one_of(st.builds(lambda c, u: frag.format(u=u, p="p", c=c), CANDIDATES,
                                     st.sampled_from(["u", "", "x" * 300])), st.text(max_size=200)),
-           target=st.sampled_from(["mine", "unknown", "mine-suffix"]),
+           target=st.sampled_from(["mine", "mine", "other", "unknown", "mine-suffix"]),
            method=st.sampled_from(["PATCH", "PATCH", "PATCH", "DELETE-unknown", "OPTIONS"]))
     def fuzz(if_match: str | None, content_type: str | None, body: str, target: str, method: str) -> None:
-        path = {"mine": mine, "unknown": "/whip/" + "A" * 22, "mine-suffix": mine + "x"}[target]
+        path = {"mine": mine, "other": other, "unknown": "/whip/" + "A" * 22, "mine-suffix": mine + "x"}[target]
         verb = method
         if method == "DELETE-unknown":  # deleting an id that is not ours, never `mine` or `other`
             verb, path = "DELETE", "/whip/" + "B" * 22
@@ -378,12 +379,23 @@ def test_fuzz_patch_and_delete_on_a_real_session(live: Live) -> None:
         head += f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
         status, headers, reply = exchange(port, head.encode() + data, LOOPBACK)
         PER_ROUTE[check_response(verb, path, status, headers, reply) + " (session)"] += 1
+        seen[status] += 1
         if status == 204 and verb == "PATCH":
+            assert target == "mine", (target, if_match)  # one session's ETag never opens another session
             assert headers["etag"] == etag  # the ETag stays stable without an ICE restart
 
     fuzz()
-    # both sessions are still there: a PATCH with the right ETag is accepted, and `other` can be deleted once
-    for location in (mine, other):
+    print("session fuzz statuses:", dict(sorted(seen.items())))
+    assert {204, 412, 428} <= set(seen), seen  # the trickle path itself was reached, not only its refusals
+    # DELETE of the other session's URL ends that session only
+    status, _, _ = exchange(port, f"DELETE {other} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode(),
+                            LOOPBACK)
+    assert status in (200, 404)  # 404 only when its setup timeout ended it first
+    status, _, _ = exchange(port, f"DELETE {other} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n".encode(),
+                            LOOPBACK)
+    assert status == 404
+    # `mine` is still there (or ended by its own setup timeout, never by another session's DELETE)
+    for location in (mine,):
         status, _, body = exchange(port, (f"PATCH {location} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: "
                                           "application/trickle-ice-sdpfrag\r\nIf-Match: *\r\nContent-Length: 0\r\n"
                                           "Connection: close\r\n\r\n").encode(), LOOPBACK)

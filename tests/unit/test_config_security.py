@@ -121,3 +121,15 @@ def test_secret_file_errors(tmp_path: Path) -> None:
         ServeConfig.load(env={"STREAMD_HTTP_TOKEN": "short"})
     with pytest.raises(ConfigError, match=r"printable ASCII without spaces"):
         ServeConfig.load(env={"STREAMD_HTTP_TOKEN": "caf\xe9-token-here"})
+
+
+def test_serve_help_says_token_is_for_local_use_and_offers_a_file() -> None:
+    from streamd.cli import build_parser
+
+    parser = build_parser()
+    serve = next(a for a in parser._subparsers._group_actions[0].choices.values()  # noqa: SLF001
+                 if "--token-file" in a.format_help())
+    text = " ".join(serve.format_help().split())
+    assert "quick local use only" in text and "ps" in text and "--token-file" in text
+    args = parser.parse_args(["serve", "--token-file", "/run/t"])
+    assert args.token_file == Path("/run/t")
