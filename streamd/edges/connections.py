@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_server import Server
 
 from ..config import HttpSettings
@@ -118,6 +118,13 @@ class BoundedRequestHandler(RequestHandler):
         if self._request_count != parsed:
             self._partial = False
             self._cancel_header_timer()  # a request's headers are complete
+            request = self._current_request
+            if (request is not None and self._request_in_progress and self._messages
+                    and isinstance(self._messages[-1][0], _ErrInfo)):
+                # the parser failed inside the body of the request being handled (a bad chunk size): aiohttp
+                # queues the error as the next "request" and leaves the handler waiting for body bytes that
+                # never come, until the body timeout. Fail the body read now instead (answered 400).
+                request.content.set_exception(RequestPayloadError(str(self._messages[-1][0].message)[:200]))
         elif not self._request_in_progress and not self._messages:
             self._partial = True
             if self._header_timer is None:
@@ -153,7 +160,11 @@ class BoundedRequestHandler(RequestHandler):
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         """The JSON error body for what aiohttp refuses itself (unparseable requests: 400), logged in one line."""
-        if status >= 500:
+        if status >= 500 and isinstance(exc, ConnectionError):  # the client went away: nobody to answer
+            log.debug("HTTP client %s went away: %s", getattr(request, "remote", "?"), exc)
+            code, detail = "internal", "the connection was lost"
+            status = 500
+        elif status >= 500:
             log.error("HTTP request from %s failed: %s", getattr(request, "remote", "?"),
                       type(exc).__name__ if exc is not None else status)
             code, detail = "internal", "internal error; see the daemon's log"

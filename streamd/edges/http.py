@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import HttpSettings
 from ..wire.errors import ERROR_CONTENT_TYPE, error_body
@@ -152,7 +153,13 @@ class RequestChecks:
                     chunks.append(chunk)
                     size += len(chunk)
         except TimeoutError:
-            raise WhipError(408, "request-timeout", f"the body did not arrive within {timeout:g} s") from None
+            raise WhipError(408, "request-timeout", f"the body did not arrive within {timeout:g} s",
+                            {"Connection": "close"}) from None
+        except (ConnectionError, RequestPayloadError) as exc:
+            # aiohttp ends the body this way when its framing breaks (a bad chunk size) or the client goes away;
+            # if the client is still there it gets the answer, and the connection closes after it
+            raise WhipError(400, "bad-request", f"the body could not be read: {type(exc).__name__}",
+                            {"Connection": "close"}) from None
         return b"".join(chunks)
 
 
@@ -198,7 +205,8 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
             return await handler(request)
         except WhipError as exc:
             response = error_response(exc.status, exc.code, exc.detail, {**checks.cors(), **exc.headers})
-            if exc.status == 408:  # a body too slow to arrive: answer and close, do not wait for the rest
+            if exc.status == 408 or exc.headers.get("Connection") == "close":
+                # a body too slow to arrive, or broken: answer and close, do not wait for the rest
                 response.force_close()
                 abandon = getattr(request.protocol, "abandon_body", None)
                 if abandon is not None:

@@ -246,6 +246,27 @@ def test_unparseable_requests_get_the_json_400() -> None:
     asyncio.run(scenario())
 
 
+def test_broken_chunked_body_is_400_at_once() -> None:
+    # found while hunting: a bad chunk size after the handler started reading left it waiting for the body timeout
+    async def scenario() -> None:
+        async with serve() as s:
+            def broken() -> tuple[float, bytes]:
+                with socket.create_connection((LOOPBACK, s.port), timeout=5) as sock:
+                    sock.sendall(b"POST /whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n")
+                    time.sleep(0.3)
+                    started = time.monotonic()
+                    sock.sendall(b"5\r\nv=0\r\n\r\nzz\r\n")
+                    got = b""
+                    while chunk := sock.recv(4096):
+                        got += chunk
+                    return time.monotonic() - started, got
+
+            elapsed, got = await asyncio.get_running_loop().run_in_executor(None, broken)
+            assert elapsed < 1.0 and got.startswith(b"HTTP/1.1 400") and b'"bad-request"' in got
+    asyncio.run(scenario())
+
+
 def test_a_bug_is_a_json_500_and_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         async with serve() as s:
