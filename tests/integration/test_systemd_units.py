@@ -62,7 +62,9 @@ def test_units_are_notify_with_watchdog_and_gpu_access() -> None:
 def test_units_take_the_token_as_a_credential_never_in_argv() -> None:
     from streamd.config import ServeConfig
 
-    for unit in ("streamd.service", "streamd@.service"):
+    units = sorted(path.name for path in UNITS.glob("*.service"))
+    assert {"streamd.service", "streamd@.service"} <= set(units)
+    for unit in units:
         text = (UNITS / unit).read_text()
         assert re.search(r"^LoadCredential=http-token:/etc/streamd/", text, flags=re.M), unit
         exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
