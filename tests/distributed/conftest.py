@@ -17,12 +17,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable[..., Any], args: tuple[Any, ...],
+           backend: str = "gloo") -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         result = fn(*args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -30,9 +33,10 @@ def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable[..., Any
         dist.destroy_process_group()
 
 
-def run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> list[Any]:
-    """Run `fn(*args)` on `world` gloo ranks (one CPU thread each); the result of every rank, in rank order."""
+def run_ranks(world: int, fn: Callable[..., Any], *args: Any, backend: str = "gloo") -> list[Any]:
+    """Run `fn(*args)` on `world` ranks (gloo: one CPU thread each; nccl: GPU k for rank k); every rank's result
+    (saved with torch.save, so tensors come back on the devices they were on), in rank order."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_entry, args=(world, free_port(), out_dir, fn, args), nprocs=world, join=True,
+        mp.start_processes(_entry, args=(world, free_port(), out_dir, fn, args, backend), nprocs=world, join=True,
                            start_method="spawn")
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world)]
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), map_location="cpu") for r in range(world)]
