@@ -7,6 +7,10 @@ Video continuation: the first `num_cond_latents` latent frames are clean conditi
 tokens attend only to each other and get no cross-attention, so their hidden states never depend on the noise
 frames, the text or the guidance branch. `prefill` runs them once and stores each block's K (after the q/k norm,
 before RoPE) and V in a `KVCache`; later forwards over the noise frames alone attend to [cache ; own] keys.
+
+Context parallelism (`set_context_parallel`, see parallel.py): each rank embeds only its spatial tiles of every
+frame, self-attention runs over all tokens for the rank's share of the heads, the cache holds that share, and
+the output is gathered; without it (N = 1) the forward is the one-process code, untouched.
 """
 
 from __future__ import annotations
