@@ -151,22 +151,26 @@ def test_6_slow_headers_are_cut_off_within_the_header_timeout() -> None:
                     sock.sendall(b"POST /whip HTTP/1.1\r\nHost: x\r\n")
                     got = b""
                     for i in range(50):
+                        sock.settimeout(0.2)
+                        try:  # read first: the 408 is read before a further send can provoke a reset
+                            chunk = sock.recv(4096)
+                        except TimeoutError:
+                            chunk = None
+                        except OSError:  # reset: the daemon closed while a header line was in flight
+                            break
+                        if chunk == b"":
+                            break
+                        got += chunk or b""
                         try:
                             sock.sendall(f"X-Slow-{i}: 1\r\n".encode())
                         except OSError:
                             break
-                        sock.settimeout(0.2)
-                        try:
-                            chunk = sock.recv(4096)
-                        except TimeoutError:
-                            continue
-                        if not chunk:
-                            break
-                        got += chunk
                 return time.monotonic() - started, got
 
             elapsed, got = await loop.run_in_executor(None, slowloris)
-            assert elapsed < 2.5 and got.startswith(b"HTTP/1.1 408") and b"request-timeout" in got
+            # the 408 itself can be lost to a TCP reset when a header line crosses it; the counter cannot
+            assert elapsed < 2.5 and s.runner.bounds.timed_out == 1
+            assert got == b"" or (got.startswith(b"HTTP/1.1 408") and b"request-timeout" in got)
             # a connection that never sends a byte is cut too
             elapsed, got = await loop.run_in_executor(None, lambda: (time.monotonic(), raw_exchange(s.port, b"", 4)))
             assert got.startswith(b"HTTP/1.1 408")
