@@ -31,11 +31,11 @@ def test_notify_sequence_and_watchdog_stall(tmp_path: Path) -> None:
 
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
-    # progress is counted per denoising step: steps of 2.5 s overrun the 1 s stall timeout, so each one "stalls"
+    # progress is counted per denoising step: steps of 4 s overrun the 1 s stall timeout, so each one "stalls"
     # the engine (a slow chunk of quick steps would not)
     d = start_daemon(tmp_path, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000",
                                     "STREAMD_ENGINE_STALL_TIMEOUT_S": "1", "STREAMD_ENGINE_STEPS": "2",
-                                    "STREAMD_ENGINE_STEP_DELAY_S": "2.5"})
+                                    "STREAMD_ENGINE_STEP_DELAY_S": "4"})
     try:
         time.sleep(1.0)
         asyncio.run(send(d.whip, seconds=6, ice_addresses=(LOOPBACK,)))
