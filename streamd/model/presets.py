@@ -1,9 +1,10 @@
 """Embedded model presets: the LongCat-Video architecture at sizes that run on a laptop CPU.
 
-`tiny` is the embedded default: the real DiT class with a tiny config and deterministic random weights, an
-embedded text encoder and an embedded codec. It is an UNTRAINED architecture model: it exercises every code path
-of the daemon with no downloaded file, and its "video" is structured noise, not a learned continuation.
-`small` is a compute-bound random-weight config for CPU benchmarks.
+`tiny` is the embedded default: the real DiT class at 3.1 M parameters, trained by `streamd train` on procedural
+video and shipped in the package (`streamd/model/weights/tiny/`, loaded through the strict checkpoint loader),
+with the embedded text encoder and codec. `tiny-random` (the earlier tiny config with deterministic random
+weights) serves the equivalence tests that need arbitrary weights; `small` is a compute-bound random-weight
+config for CPU benchmarks; `longcat-13.6b-random` is the published shape for meta-device checks and GPU benches.
 """
 
 from __future__ import annotations
