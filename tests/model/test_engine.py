@@ -71,7 +71,7 @@ def test_step_by_step_equals_the_pipeline_in_one_go(pipe: ContinuationPipeline) 
     alone.add_stream("a", StreamParams(steps=3, guidance=3.0, seed=5, prompt="red"), H, W)
     feed(alone, "a", 13)
     reference = alone.run_chunk()
-    mixed = make_core(pipe)
+    mixed = make_core(pipe, lateness_cap_s=0.0)  # both streams are late from the start: they take turns
     mixed.add_stream("a", StreamParams(steps=3, guidance=3.0, seed=5, prompt="red"), H, W)
     mixed.add_stream("b", StreamParams(steps=3, guidance=2.0, seed=6, prompt="blue"), H, W)
     feed(mixed, "a", 13)
