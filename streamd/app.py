@@ -81,14 +81,12 @@ class Daemon:
         """Queue parameter changes for every stream's next chunk in one update (no wait for the engine)."""
         assert self.runner is not None
         queued = self.runner.core.scheduler.update_params(stream_ids, changes, skip_missing=skip_missing)
-        self.runner.wake()
         return {sid: {**params.as_json(), "applies_at_chunk": chunk} for sid, (params, chunk) in queued.items()}
 
     async def reset(self, stream_id: str) -> int:
         """Restart the stream from live input; nothing generated before is published after."""
         assert self.runner is not None and self.publisher is not None
         generation = self.runner.core.reset(stream_id)
-        self.runner.wake()
         self.publisher.publish_event("stream-reset", stream_id, generation=generation, reason="command")
         self._mqtt_event("stream-reset", stream_id, generation=generation, reason="command")
         return generation
@@ -209,7 +207,6 @@ class Daemon:
     async def _open_stream(self, stream_id: str) -> None:
         assert self.runner is not None
         self.runner.core.add_stream(stream_id, self.config.engine.initial_params())
-        self.runner.wake()
 
     async def _close_stream(self, stream_id: str, reason: str, was_live: bool) -> None:
         assert self.runner is not None and self.publisher is not None

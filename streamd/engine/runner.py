@@ -36,6 +36,7 @@ class EngineRunner:
         self._outputs: deque[ChunkOutput] = deque()
         self._outputs_lock = threading.Lock()
         self._wake = threading.Event()
+        core.scheduler.on_change = self._wake.set  # new streams, frames, parameters or resets wake an idle thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,12 +96,7 @@ class EngineRunner:
             return False
         if not accepted:
             self.drops["superseded"] += 1
-        self._wake.set()
         return accepted
-
-    def wake(self) -> None:
-        """Tell an idle engine thread that something changed (a new stream, new parameters)."""
-        self._wake.set()
 
     # ------------------------------------------------------------------------------------------ outputs
     def _emit(self, out: ChunkOutput) -> None:

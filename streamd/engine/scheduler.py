@@ -177,6 +177,8 @@ class Scheduler(Generic[F]):
         self.spatial_multiple = spatial_multiple  # frame sides must be multiples of this (codec x patch)
         self.temporal_factor = temporal_factor
         self._lock = threading.Lock()
+        # called (outside the lock) after every change that may let a stream run: the runner wakes its thread
+        self.on_change: Callable[[], None] | None = None
         self._streams: dict[str, StreamState[F]] = {}
         self._released: list[str] = []  # removed streams whose executor state must go (at most one per removal)
         self._steps = 0
@@ -200,6 +202,7 @@ class Scheduler(Generic[F]):
             window: ConditioningWindow[F] = ConditioningWindow(
                 cfg.cond_latents, cfg.chunk_latents, cfg.fps, params.policy, cfg.min_fresh, self.temporal_factor)
             self._streams[stream_id] = StreamState(stream_id, height, width, params, window, self.clock())
+        self._changed()
 
     def remove_stream(self, stream_id: str) -> bool:
         """Forget a stream (a chunk in progress is abandoned); False when it was unknown."""
@@ -222,7 +225,8 @@ class Scheduler(Generic[F]):
             state.arrivals[number] = arrival if arrival is not None else self.clock()
             state.arrivals.pop(number - state.window.cond_frames, None)  # bound: one window of arrivals
             state.frames_in += 1
-            return kept_all
+        self._changed()
+        return kept_all
 
     def update_params(self, stream_ids: Sequence[str], changes: dict[str, Any],
                       skip_missing: bool = False) -> dict[str, tuple[StreamParams, int]]:
@@ -243,7 +247,8 @@ class Scheduler(Generic[F]):
             for sid, (state, new) in staged.items():
                 state.pending = new
                 out[sid] = (new, state.next_chunk)
-            return out
+        self._changed()
+        return out
 
     def reset(self, stream_id: str) -> int:
         """Start the stream over from live input (a chunk in progress is abandoned); returns the new generation."""
@@ -255,7 +260,9 @@ class Scheduler(Generic[F]):
             state.clock_start = None
             state.admitted = self.clock()
             state.arrivals.clear()
-            return state.generation
+            generation = state.generation
+        self._changed()
+        return generation
 
     def generation(self, stream_id: str) -> int | None:
         """The stream's generation, or None once it is gone."""
@@ -291,6 +298,10 @@ class Scheduler(Generic[F]):
                 now - s.deadline(self.config.fps), s.active.params if s.active else s.params,
                 s.pending is not None,
             ) for s in self._streams.values()]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _stream(self, stream_id: str) -> StreamState[F]:
         try:
