@@ -92,20 +92,26 @@ def _wait_for_steps(daemon: Daemon, steps: int, timeout: float = 60) -> None:
     raise AssertionError(f"no {steps} steps within {timeout} s:\n{daemon.log()}")
 
 
+def _signal_worker_mid_chunk(daemon: Daemon, sig: int, what: str) -> tuple[int, int, float]:
+    """Stream into the daemon, send `sig` to its worker inside a chunk; (worker pid, exit status, seconds to exit)."""
+    pid = worker_pid(daemon)
+    _stream_in_background(daemon, seconds=60)
+    _wait_for_steps(daemon, 2)
+    os.kill(pid, sig)
+    sent = time.monotonic()
+    code = daemon.proc.wait(60)
+    elapsed = time.monotonic() - sent
+    print(f"worker {what}: daemon exited {code} after {elapsed:.1f} s")
+    print("\n".join(line for line in daemon.log().splitlines() if "context parallel" in line))
+    assert code != 0, daemon.log()
+    return pid, code, elapsed
+
+
 def test_a_worker_killed_mid_chunk_ends_the_daemon_non_zero(tmp_path: Path) -> None:
     # 8 steps of 0.5 s a chunk: the kill lands inside a chunk
     daemon = start_daemon(tmp_path, *CP_ARGS, env={"STREAMD_ENGINE_STEPS": "8", "STREAMD_ENGINE_STEP_DELAY_S": "0.5"})
     try:
-        pid = worker_pid(daemon)
-        _stream_in_background(daemon, seconds=60)
-        _wait_for_steps(daemon, 2)
-        os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        code = daemon.proc.wait(60)
-        elapsed = time.monotonic() - killed
-        print(f"worker killed: daemon exited {code} after {elapsed:.1f} s")
-        print("\n".join(line for line in daemon.log().splitlines() if "context parallel" in line))
-        assert code != 0, daemon.log()
+        pid, _, elapsed = _signal_worker_mid_chunk(daemon, signal.SIGKILL, "killed")
         assert elapsed < 60
         assert re.search(rf"rank 1 \(pid {pid}\) exited with status -9", daemon.log()), daemon.log()
     finally:
@@ -117,15 +123,7 @@ def test_a_hung_worker_ends_the_daemon_within_the_collective_timeout(tmp_path: P
                                                   "STREAMD_ENGINE_COLLECTIVE_TIMEOUT_S": "5"})
     pid = worker_pid(daemon)
     try:
-        _stream_in_background(daemon, seconds=60)
-        _wait_for_steps(daemon, 2)
-        os.kill(pid, signal.SIGSTOP)
-        stopped = time.monotonic()
-        code = daemon.proc.wait(60)
-        elapsed = time.monotonic() - stopped
-        print(f"worker hung: daemon exited {code} after {elapsed:.1f} s")
-        print("\n".join(line for line in daemon.log().splitlines() if "context parallel" in line))
-        assert code != 0, daemon.log()
+        _, _, elapsed = _signal_worker_mid_chunk(daemon, signal.SIGSTOP, "hung")
         assert elapsed < 5 + 30  # the timeout, a graceful stop, the backstop at worst
         assert "context parallel:" in daemon.log() and "ERROR" in daemon.log()
     finally:
