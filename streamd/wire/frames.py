@@ -227,7 +227,7 @@ def check_required(obj: Mapping[str, Any], required: Sequence[str], what: str) -
 
 # ------------------------------------------------------------------------------------------------- header
 _HEADER_REQUIRED: tuple[str, ...] = ("stream", "seq", "width", "height", "format", "pts_ns", "chunk", "source")
-_HEADER_OPTIONAL: tuple[str, ...] = ("generation", "fps", "frame_in_chunk", "latency_s")
+_HEADER_OPTIONAL: tuple[str, ...] = ("generation", "fps", "frame_in_chunk", "latency_s", "cond_frame")
 _HEADER_NAMES = frozenset(("v",) + _HEADER_REQUIRED + _HEADER_OPTIONAL)
 
 
@@ -253,6 +253,7 @@ class FrameHeader:
     fps: float | None = None
     frame_in_chunk: int | None = None
     latency_s: float | None = None
+    cond_frame: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -277,6 +278,8 @@ class FrameHeader:
             values["frame_in_chunk"] = check_int("frame header 'frame_in_chunk'", self.frame_in_chunk, 0)
         if self.latency_s is not None:
             values["latency_s"] = check_number("frame header 'latency_s'", self.latency_s, 0.0, exclusive=False)
+        if self.cond_frame is not None:
+            values["cond_frame"] = check_int("frame header 'cond_frame'", self.cond_frame, 0)
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

@@ -55,7 +55,8 @@ def make_chunk(stream: str, chunk: int, generation: int = 0, frames: int = 4, he
     return ChunkOutput(
         stream_id=stream, generation=generation, chunk=chunk, source=source, first_frame=first, frames=pixels,
         pts_ns=[round((first + i) * 1e9 / FPS) for i in range(frames)], params=StreamParams(),
-        cond_arrival=cond_arrival if source is Source.LIVE else None, started=now - 0.1, finished=now, steps=1,
+        cond_arrival=cond_arrival if source is Source.LIVE else None,
+        cond_frame=12 + 16 * chunk if source is Source.LIVE else None, started=now - 0.1, finished=now, steps=1,
     )
 
 
@@ -197,6 +198,8 @@ def test_frames_and_events_reach_a_subscriber_in_another_process(tmp_path: Path)
     assert [h["source"] for h in headers] == ["live"] * 4 + ["self"] * 4 + ["live"] * 4
     assert all(("latency_s" in h) == (h["source"] == "live") for h in headers)
     assert all(0.25 <= h["latency_s"] < 30 for h in headers if "latency_s" in h)
+    # cond_frame likewise: the input frame number the chunk continues from
+    assert all(h.get("cond_frame") == (12 + 16 * h["chunk"] if h["source"] == "live" else None) for h in headers)
     assert len(report["latency_s"]) == 8
     # events: the cam1 ones only, valid against the schema
     assert [e["event"] for e in report["events"]] == ["session-started", "drops"]

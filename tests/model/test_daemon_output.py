@@ -23,7 +23,7 @@ def chunk(n: int) -> ChunkOutput:
     now = time.monotonic()
     return ChunkOutput(stream_id="a", generation=0, chunk=n, source=Source.SELF, first_frame=16 * n,
                        frames=np.zeros((16, 16, 16, 3), np.uint8), pts_ns=list(range(16)), params=StreamParams(),
-                       cond_arrival=None, started=now, finished=now, steps=1)
+                       cond_arrival=None, cond_frame=None, started=now, finished=now, steps=1)
 
 
 class Runner:
