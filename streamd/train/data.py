@@ -198,11 +198,20 @@ def _bounce(p0: float, velocity: float, lo: float, hi: float, t: np.ndarray) -> 
     return lo + np.where(s <= span, s, 2 * span - s)
 
 
-def render_scene(scene: Scene, frames: int, height: int, width: int) -> np.ndarray:
-    """Render `frames` frames of `scene`: uint8 [F, H, W, 3]."""
+def render_scene(scene: Scene, frames: int, height: int, width: int,
+                 window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Render `frames` frames of `scene` on a `height` x `width` frame: uint8 [F, H, W, 3].
+
+    `window` = (top, left, rows, cols) renders only that part of the frame, [F, rows, cols, 3], exactly the
+    pixels a full render would give there (objects still bounce off the full frame's edges). Training renders
+    crops this way, at a quarter of the cost.
+    """
+    top, left, rows, cols = window if window is not None else (0, 0, height, width)
+    if top < 0 or left < 0 or rows < 1 or cols < 1 or top + rows > height or left + cols > width:
+        raise ValueError(f"window {window} does not lie inside a {height}x{width} frame")
     t = np.arange(frames, dtype=np.float64)[:, None, None]  # t: [F, 1, 1]
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    x, y = x[None] - width / 2, y[None] - height / 2  # centred pixel coordinates [1, H, W]
+    y, x = np.mgrid[top:top + rows, left:left + cols].astype(np.float64)
+    x, y = x[None] - width / 2, y[None] - height / 2  # centred pixel coordinates [1, rows, cols]
     # camera: screen point -> plane point (rotate, scale about the centre, then translate)
     scale = np.exp(-scene.zoom * t)
     ang = scene.spin * t
@@ -225,7 +234,8 @@ def render_scene(scene: Scene, frames: int, height: int, width: int) -> np.ndarr
     return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def make_clip(seed: int, frames: int, height: int, width: int) -> tuple[np.ndarray, str]:
-    """One procedural clip and its caption: (uint8 [F, H, W, 3], caption)."""
+def make_clip(seed: int, frames: int, height: int, width: int,
+              window: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, str]:
+    """One procedural clip and its caption: (uint8 [F, H, W, 3], caption); `window` as in `render_scene`."""
     scene = make_scene(seed, height, width)
-    return render_scene(scene, frames, height, width), scene.caption
+    return render_scene(scene, frames, height, width, window), scene.caption

@@ -49,8 +49,8 @@ class TrainConfig:
     """Hyper-parameters of one training run (the defaults made the shipped `tiny` weights)."""
 
     preset: str = "tiny"
-    steps: int = 8000
-    batch: int = 8
+    steps: int = 5500
+    batch: int = 24  # clips per crop batch
     lr: float = 6e-4
     warmup: int = 300
     final_lr_ratio: float = 0.05
@@ -58,15 +58,20 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     max_cond_latents: int = 4
+    # how often each T_c = 1..max_cond_latents is drawn: the engine's window is mostly full (T_c = 4)
+    cond_weights: tuple[float, ...] = (0.15, 0.15, 0.2, 0.5)
     noise_latents: int = 4
     caption_dropout: float = 0.15
     cond_noise: float = 0.05  # conditioning latents get N(0, a^2) noise with a ~ U(0, cond_noise)
     pixel_weighting: float = 0.8  # loss weight per latent channel: this share follows its pixel gain, the rest 1
+    crop: tuple[int, int] = (48, 64)  # most batches are crops of this many pixels (rows, cols) of a full frame
+    full_frame_every: int = 4  # every n-th batch is whole frames instead (0: never)
+    full_frame_batch: int = 8  # clips in a whole-frame batch
     seed: int = 0
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "max_cond_latents", "noise_latents", "checkpoint_every"):
+        for name in ("steps", "batch", "max_cond_latents", "noise_latents", "checkpoint_every", "full_frame_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
@@ -75,7 +80,20 @@ class TrainConfig:
             raise ValueError("caption_dropout and ema_decay must be in [0, 1)")
         if not 0 <= self.pixel_weighting <= 1:
             raise ValueError("pixel_weighting must be in [0, 1]")
-        get_preset(self.preset)
+        preset = get_preset(self.preset)
+        rows, cols = self.crop
+        # a crop must be whole DiT patches of whole codec cells (8 pixels per latent)
+        grid_h, grid_w = 8 * preset.config.patch_size[1], 8 * preset.config.patch_size[2]
+        if rows < grid_h or cols < grid_w or rows % grid_h or cols % grid_w or rows > preset.height \
+                or cols > preset.width:
+            raise ValueError(f"crop must be multiples of {grid_h}x{grid_w} pixels inside "
+                             f"{preset.height}x{preset.width}, got {self.crop}")
+        if len(self.cond_weights) != self.max_cond_latents or min(self.cond_weights) < 0 \
+                or sum(self.cond_weights) <= 0:
+            raise ValueError(f"cond_weights needs {self.max_cond_latents} non-negative weights with a positive "
+                             f"sum, got {self.cond_weights}")
+        if self.full_frame_every < 0:
+            raise ValueError(f"full_frame_every must be >= 0, got {self.full_frame_every}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of `step` (0-based): linear warm-up, then cosine decay to final_lr_ratio * lr."""
@@ -131,12 +149,19 @@ class Trainer:
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         rng = np.random.default_rng([cfg.seed, step])
-        t_c = int(rng.integers(1, cfg.max_cond_latents + 1))
+        p = np.asarray(cfg.cond_weights, dtype=np.float64)
+        t_c = 1 + int(rng.choice(cfg.max_cond_latents, p=p / p.sum()))
         frames = pixel_frames(t_c + cfg.noise_latents)
+        height, width = self.preset.height, self.preset.width
+        full = cfg.full_frame_every > 0 and step % cfg.full_frame_every == 0
+        rows, cols = (height, width) if full else cfg.crop
         clips, captions = [], []
-        for j in range(cfg.batch):
-            clip, caption = make_clip(clip_seed("train", step * cfg.batch + j), frames, self.preset.height,
-                                      self.preset.width)
+        for j in range(cfg.full_frame_batch if full else cfg.batch):
+            # crops sit on the codec's 8-pixel grid, so a crop's latents are the full frame's latents there
+            top = 8 * int(rng.integers(0, (height - rows) // 8 + 1))
+            left = 8 * int(rng.integers(0, (width - cols) // 8 + 1))
+            clip, caption = make_clip(clip_seed("train", step * cfg.batch + j), frames, height, width,
+                                      window=(top, left, rows, cols))
             clips.append(frames_to_video(clip, torch.device("cpu")))
             captions.append("" if rng.random() < cfg.caption_dropout else caption)
         latents = self.codec.encode(torch.cat(clips))  # latents: [B, C, T_c + T_n, h, w]
@@ -183,7 +208,7 @@ class Trainer:
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
                 e.lerp_(p, 1 - decay)
         self.step_index += 1
-        self.samples += cfg.batch
+        self.samples += batch.latents.shape[0]
         self.seconds += time.perf_counter() - started
         return float(loss.detach())
 
