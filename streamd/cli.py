@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimiser steps in all (default: the recipe's, TrainConfig.steps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the noise")
     p.add_argument("--fresh", action="store_true", help="start over, ignoring a state file in --out")
+    p.add_argument("--init", type=Path, metavar="DIR",
+                   help="start from the weights an earlier `streamd train --out DIR` exported (continued training)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, TrainConfig.lr)")
 
     p = sub.add_parser("serve", help="run the daemon: WHIP in, ZeroMQ out")
     p.add_argument("--config", type=Path, help="TOML config file (STREAMD_* variables and flags override it)")
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny", help="an embedded model, a `streamd train` folder or a checkpoint")
     p.add_argument("--clips", type=_positive_int, default=24, help="held-out moving clips to continue")
     p.add_argument("--prompt-scenes", type=int, default=16, help="scenes of the prompt-effect figure (0: skip)")
+    p.add_argument("--reversal-scenes", type=int, default=12,
+                   help="scenes of the forward/reversed-conditioning motion figure (0: skip)")
     p.add_argument("--drift-seconds", type=float, default=60.0, help="self-continuation length (0: skip)")
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
@@ -261,12 +266,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .train.loop import STATE_FILE, TrainConfig, train
 
-    config = TrainConfig(seed=args.seed)
+    config = TrainConfig(seed=args.seed, init=str(args.init) if args.init is not None else None)
     if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)
+    if args.lr is not None:
+        config = dataclasses.replace(config, lr=args.lr)
     state = args.out / STATE_FILE
     resuming = state.exists() and not args.fresh
-    print(f"training {config.preset} for {config.steps} steps of {config.batch} clips, seed {config.seed}; "
+    print(f"training {config.preset} for {config.steps} steps of {config.batch} clips, seed {config.seed}"
+          + (f", from the weights in {config.init}" if config.init else "") + "; "
           + (f"resuming from {state}" if resuming else f"state every {config.checkpoint_every} steps in {state}"),
           file=sys.stderr)
     bar = tqdm(total=config.steps, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -307,7 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench.quality import QualityBenchConfig, run_quality_bench
 
         result = run_quality_bench(QualityBenchConfig(
-            model=args.model, clips=args.clips, prompt_scenes=args.prompt_scenes, drift_seconds=args.drift_seconds,
+            model=args.model, clips=args.clips, prompt_scenes=args.prompt_scenes,
+            reversal_scenes=args.reversal_scenes, drift_seconds=args.drift_seconds,
             steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
         ))
     elif args.bench == "stream":

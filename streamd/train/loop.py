@@ -4,8 +4,14 @@ The objective is LongCat-Video's continuation objective. A clip is encoded by th
 latent frames are clean conditioning (timestep 0, block-causal attention, no cross-attention) and the next
 `noise_latents` are noised with one sigma per sample, x_sigma = (1 - sigma) x0 + sigma n. The DiT's raw output
 is trained towards x0 - n, the sign the sampler negates before its Euler step, on the noise frames only. sigma is
-drawn as the sampler visits it: uniform, then time-shifted with the model's shift. T_c is drawn per batch from
-1..max_cond_latents, so one model serves every window length the engine meets.
+drawn as the sampler visits it: uniform, then time-shifted with the model's shift (12: most samples sit at
+high noise, where the motion of the next chunk is decided). T_c is drawn per batch from 1..max_cond_latents,
+weighted towards a full window (the engine's usual case), so one model serves every window length it meets.
+
+Most batches are crops (48x64 pixels, 12 tokens a latent frame instead of 28, on the codec's 8-pixel grid, so
+a crop's latents are the whole frame's latents there): about 2.5 times the clips per second, and the model's
+attention is relative (RoPE), so what it learns on a crop holds on the whole frame. Every 4th batch is whole
+frames, so the frame's edges and the bounces off them are seen as they are at inference.
 
 Recipe choices (measured by `streamd bench quality`): AdamW with warm-up and cosine decay, an EMA of the weights
 (the EMA is what ships), caption dropout so classifier-free guidance has an unconditional branch, slight noise
@@ -15,8 +21,9 @@ in pixel weight by a factor of about 300 (colour means against chroma details); 
 the model on details a viewer barely sees (measured: 4,500 steps reached 15.5 dB at 1/8 scale against
 17.1 dB for copy-last). The weight blends the codec's pixel gain (normalised to mean 1) with a uniform share.
 
-Deterministic by seed: batch s is built from clips `s * batch .. s * batch + batch - 1` of the training split
-and from a generator seeded with (seed, s), so a resumed run sees exactly the batches an uninterrupted run sees.
+Deterministic by seed: batch s is built from clips `seed * 10**9 + s * batch ..` (the next `batch` of them) of
+the training split and from a generator seeded with (seed, s), so a resumed run sees exactly the batches an
+uninterrupted run sees, and runs with other seeds (a continued run: `init`) see other clips.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from ..sampling import shift_sigmas
 from .data import clip_seed, make_clip
 
 STATE_FILE = "train_state.pt"
+CLIPS_PER_SEED = 10**9  # seed s trains on clips s * CLIPS_PER_SEED onwards: other seeds, other clips
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
@@ -69,6 +77,9 @@ class TrainConfig:
     full_frame_batch: int = 8  # clips in a whole-frame batch
     seed: int = 0
     checkpoint_every: int = 500
+    # start from the weights of an earlier run's export (its dit/ folder, through the strict loader) instead of
+    # a fresh initialisation; the optimiser, EMA warm-up and schedule start afresh
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "max_cond_latents", "noise_latents", "checkpoint_every", "full_frame_batch"):
@@ -121,6 +132,11 @@ class Trainer:
         self.preset: Preset = get_preset(config.preset)
         torch.manual_seed(config.seed)
         self.model = init_training(LongCatVideoDiT.from_config(self.preset.config), seed=config.seed)
+        if config.init is not None:
+            start = LongCatVideoDiT.from_pretrained(Path(config.init) / "dit", dtype=torch.float32)
+            if start.config != self.preset.config:
+                raise ValueError(f"{config.init}/dit is not a {config.preset} checkpoint")
+            self.model.load_state_dict(start.state_dict())
         self.model.requires_grad_(True)  # from_config builds an inference model
         self.ema = init_training(LongCatVideoDiT.from_config(self.preset.config), seed=config.seed)
         self.ema.load_state_dict(self.model.state_dict())
@@ -160,7 +176,8 @@ class Trainer:
             # crops sit on the codec's 8-pixel grid, so a crop's latents are the full frame's latents there
             top = 8 * int(rng.integers(0, (height - rows) // 8 + 1))
             left = 8 * int(rng.integers(0, (width - cols) // 8 + 1))
-            clip, caption = make_clip(clip_seed("train", step * cfg.batch + j), frames, height, width,
+            index = cfg.seed * CLIPS_PER_SEED + step * cfg.batch + j
+            clip, caption = make_clip(clip_seed("train", index), frames, height, width,
                                       window=(top, left, rows, cols))
             clips.append(frames_to_video(clip, torch.device("cpu")))
             captions.append("" if rng.random() < cfg.caption_dropout else caption)
@@ -254,7 +271,8 @@ class Trainer:
             "train_seconds": round(self.seconds, 1), "loss_per_100_steps": [round(x, 5) for x in self.losses],
             "parameters": sum(p.numel() for p in self.ema.parameters()),
             "resolution": [self.preset.height, self.preset.width],
-            "command": f"streamd train --out {out} --steps {self.config.steps} --seed {self.config.seed}",
+            "command": f"streamd train --out {out} --steps {self.config.steps} --seed {self.config.seed} "
+                       f"--lr {self.config.lr:g}" + (f" --init {self.config.init}" if self.config.init else ""),
         }
         (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
         return dit_dir

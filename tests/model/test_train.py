@@ -116,3 +116,14 @@ def test_batches_follow_the_recipe() -> None:
 def test_bad_recipes_are_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**change)  # type: ignore[arg-type]
+
+
+def test_a_continued_run_starts_from_the_earlier_export_and_sees_other_clips(tmp_path: Path) -> None:
+    first = train(SMALL, tmp_path / "first")
+    exported = LongCatVideoDiT.from_pretrained(tmp_path / "first" / "dit", dtype=torch.float32).state_dict()
+    second = Trainer(replace(SMALL, seed=1, init=str(tmp_path / "first")))
+    assert all(torch.equal(second.model.state_dict()[k], v) for k, v in exported.items())
+    assert all(torch.equal(second.ema.state_dict()[k], v) for k, v in exported.items())
+    assert not torch.equal(second.batch(1)[0].latents, first.batch(1)[0].latents)
+    with pytest.raises(Exception, match="config.json|dit"):
+        Trainer(replace(SMALL, init=str(tmp_path / "nowhere")))
