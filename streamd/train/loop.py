@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -243,8 +243,10 @@ class Trainer:
     def load_state(self, path: Path) -> None:
         """Resume from `save_state`'s file; the run's config must match."""
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(self.config):
-            changed = sorted(k for k, v in asdict(self.config).items() if state["config"].get(k) != v)
+        # a setting added since the state was written reads as its default
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        changed = sorted(k for k, v in asdict(self.config).items() if state["config"].get(k, defaults[k]) != v)
+        if changed:
             raise ValueError(f"{path} was written by a run with other settings ({', '.join(changed)}); "
                              "use another --out folder or --fresh")
         self.model.load_state_dict(state["model"])
