@@ -290,6 +290,63 @@ def swap_direction(caption: str, word: str) -> str:
     raise ValueError(f"{caption!r} does not name the direction {word!r}")
 
 
+def crossing_scenes(count: int, width: int, height: int, start: int = 0) -> list[Scene]:
+    """`count` held-out single-object scenes re-aimed to move horizontally through the frame's centre.
+
+    The first object of each trackable held-out object scene keeps its shape, colour, size and speed (at least
+    1 px per frame, so the motion over a chunk is well above measurement noise); it moves along x, crossing the
+    centre at frame 14, rightwards in even-numbered scenes and leftwards in odd ones (a model with a bias to
+    one side scores no better than chance). Over 29 frames it never reaches an edge, so it cannot bounce: the
+    true motion is the same forwards and, reversed, backwards.
+    """
+    out: list[Scene] = []
+    i = start
+    while len(out) < count:
+        scene = make_scene(clip_seed("heldout", i), height, width)
+        i += 1
+        if scene.kind != "objects" or not trackable(scene):
+            continue
+        obj = scene.objects[0]
+        speed = max(1.0, math.hypot(obj.vx, obj.vy))
+        sign = 1.0 if len(out) % 2 == 0 else -1.0
+        x0 = width / 2 - sign * speed * (COND_FRAMES + 1)
+        if min(x0, width - x0) - obj.radius < 1 or x0 + sign * speed * (COND_FRAMES + CHUNK_FRAMES) - obj.radius < 1 \
+                or width - (x0 + sign * speed * (COND_FRAMES + CHUNK_FRAMES)) - obj.radius < 1:
+            continue  # too fast or too big to cross without touching an edge
+        out.append(replace(scene, objects=(replace(obj, x=x0, y=height / 2, vx=sign * speed, vy=0.0),)))
+    return out
+
+
+def motion_reversal(pipe: ContinuationPipeline, count: int, params: ChunkParams) -> dict[str, Any]:
+    """Forward and reversed conditioning: does the predicted motion follow the frames' order?
+
+    Each `crossing_scenes` clip is continued from its 13 frames in order and from the same 13 frames reversed
+    (no prompt). The generated x displacement (object centroid, last conditioning frame to the chunk's last 4
+    frames) agrees when its sign is the true motion's (forwards) or the opposite (reversed).
+    """
+    h, w = pipe.bundle.height, pipe.bundle.width
+    counts = {"forward_agrees": 0, "reversed_agrees": 0, "both": 0, "lost": 0}
+    moved: dict[str, list[float]] = {"true": [], "forward": [], "reversed": []}
+    for n, scene in enumerate(crossing_scenes(count, w, h)):
+        video = render_scene(scene, COND_FRAMES + CHUNK_FRAMES, h, w)
+        cond = video[:COND_FRAMES]
+        back = np.ascontiguousarray(cond[::-1])
+        truth = float(motion(scene, cond[-1], video[COND_FRAMES:])[0])  # type: ignore[index]
+        p = replace(params, seed=params.seed + n)
+        fwd = motion(scene, cond[-1], pipe.generate_chunk(cond, "", p).frames)
+        rev = motion(scene, back[-1], pipe.generate_chunk(back, "", p).frames)
+        if fwd is None or rev is None:
+            counts["lost"] += 1
+            continue
+        f_ok, r_ok = bool(np.sign(fwd[0]) == np.sign(truth)), bool(np.sign(rev[0]) == -np.sign(truth))
+        counts["forward_agrees"] += f_ok
+        counts["reversed_agrees"] += r_ok
+        counts["both"] += f_ok and r_ok
+        for key, value in (("true", truth), ("forward", fwd[0]), ("reversed", rev[0])):
+            moved[key].append(round(float(value), 2))
+    return {"scenes": count, **counts, "x_displacement_px": moved}
+
+
 def _axis_sign(word: str) -> tuple[int, int]:
     """(axis, sign) of a direction word on screen: axis 0 = x, 1 = y."""
     return {"right": (0, 1), "left": (0, -1), "down": (1, 1), "up": (1, -1)}[word]
@@ -303,6 +360,7 @@ class QualityBenchConfig:
     model: str = "tiny"
     clips: int = 24
     prompt_scenes: int = 16
+    reversal_scenes: int = 12
     drift_seconds: float = 60.0
     steps: int | None = None
     guidance: float | None = None
@@ -310,8 +368,8 @@ class QualityBenchConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if self.clips < 1 or self.prompt_scenes < 0 or self.drift_seconds < 0:
-            raise ValueError("clips must be >= 1, prompt_scenes and drift_seconds >= 0")
+        if self.clips < 1 or self.prompt_scenes < 0 or self.reversal_scenes < 0 or self.drift_seconds < 0:
+            raise ValueError("clips must be >= 1; prompt_scenes, reversal_scenes and drift_seconds >= 0")
 
 
 def _mean_nested(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -469,6 +527,8 @@ def run_quality_bench(config: QualityBenchConfig) -> dict[str, Any]:
         result["drift"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     if config.prompt_scenes > 0:
         result["prompt_effect"] = prompt_effect(pipe, config.prompt_scenes, params)
+    if config.reversal_scenes > 0:
+        result["motion_reversal"] = motion_reversal(pipe, config.reversal_scenes, params)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 

@@ -9,7 +9,7 @@ import sys
 
 def test_bench_quality_json() -> None:
     proc = subprocess.run([sys.executable, "-m", "streamd.cli", "bench", "quality", "--json", "--clips", "3",
-                           "--drift-seconds", "10", "--prompt-scenes", "2"],
+                           "--drift-seconds", "10", "--prompt-scenes", "2", "--reversal-scenes", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
@@ -38,3 +38,8 @@ def test_bench_quality_json() -> None:
     prompt = r["prompt_effect"]
     assert prompt["scenes"] == 2 and prompt["runs"] == 4 and prompt["cond_frames"] == 1
     assert abs(prompt["agrees_with_prompt"] + prompt["agrees_with_opposite"] + prompt["undetermined"] - 1) < 0.01
+    reversal = r["motion_reversal"]
+    assert reversal["scenes"] == 2 and reversal["lost"] + len(reversal["x_displacement_px"]["true"]) == 2
+    # the crossing scenes alternate direction, so the true motions have opposite signs
+    assert reversal["lost"] or reversal["x_displacement_px"]["true"][0] > 0 > reversal["x_displacement_px"]["true"][1]
+    assert reversal["both"] <= min(reversal["forward_agrees"], reversal["reversed_agrees"])
