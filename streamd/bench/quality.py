@@ -217,6 +217,28 @@ def colour_centroids(frames: np.ndarray, colour: str, tolerance: float = 0.22) -
     return out
 
 
+def object_centroids(frames: np.ndarray, scene: Scene) -> np.ndarray:
+    """Centroid (x, y) per frame of the pixels nearer the first object's colour than any blend of the scene's
+    two background colours: [F, 2], NaN where fewer than 4 pixels are.
+
+    Unlike a fixed tolerance, this still finds an object that a continuation has blurred or dimmed, as long as
+    it is more object than background; `trackable` scenes keep the two apart.
+    """
+    x = frames.astype(np.float64) / 255.0  # [F, H, W, 3]
+    obj = np.array(COLOURS[scene.objects[0].colour])
+    a, b = np.array(COLOURS[scene.colour_a]), np.array(COLOURS[scene.colour_b])
+    ab = b - a
+    t = np.clip(((x - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)[..., None]  # [F, H, W, 1]
+    to_background = np.linalg.norm(x - (a + t * ab), axis=-1)
+    mask = np.linalg.norm(x - obj, axis=-1) < to_background  # [F, H, W]
+    ys, xs = np.mgrid[0:frames.shape[1], 0:frames.shape[2]]
+    count = mask.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.stack([(mask * xs).sum(axis=(1, 2)) / count, (mask * ys).sum(axis=(1, 2)) / count], axis=1)
+    out[count < 4] = np.nan
+    return out
+
+
 def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     """Distance from point p to the segment a-b (RGB, 0..1)."""
     ab = b - a
@@ -236,12 +258,12 @@ def trackable(scene: Scene, min_distance: float = 0.35) -> bool:
 def motion(scene: Scene, start: np.ndarray, frames: np.ndarray) -> np.ndarray | None:
     """Displacement (dx, dy) in pixels from frame `start` [H, W, 3] to the mean over the last 4 of `frames`.
 
-    Object scenes track the first object's colour. Camera motion sums phase correlations over hops of 4 frames
-    (start -> frame 4 -> 8 -> ...), each hop short enough never to wrap around the frame. None when the object
-    is not found.
+    Object scenes track the first object (`object_centroids`; meant for one-object scenes). Camera motion sums
+    phase correlations over hops of 4 frames (start -> frame 4 -> 8 -> ...), each hop short enough never to wrap
+    around the frame. None when the object is not found.
     """
     if scene.kind == "objects":
-        c = colour_centroids(np.concatenate([start[None], frames[-4:]]), scene.objects[0].colour)
+        c = object_centroids(np.concatenate([start[None], frames[-4:]]), scene)
         if np.isnan(c).any():
             return None
         return c[1:].mean(axis=0) - c[0]

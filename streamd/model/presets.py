@@ -44,7 +44,6 @@ PRESETS: dict[str, Preset] = {
         steps=2,
         schedule="base",
         guidance=1.0,
-        shift=3.0,
         weights="tiny",
         description="embedded LongCat-architecture model trained by `streamd train` on procedural video "
                     "(moving shapes, pans, zooms, rotation, brightness drift over textures), 64x112",
