@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from streamd.bench.quality import (
     colour_centroids,
     copy_last,
+    crossing_scenes,
+    object_centroids,
     linear_extrapolation,
     phase_shift,
     pool,
@@ -17,7 +21,7 @@ from streamd.bench.quality import (
     swap_direction,
 )
 from streamd.media import synthetic_clip
-from streamd.train.data import COLOURS
+from streamd.train.data import COLOURS, render_scene
 
 
 def rng_frames(n: int = 3, h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
@@ -75,6 +79,30 @@ def test_colour_centroids_track_a_disc() -> None:
     c = colour_centroids(frames, "red")
     np.testing.assert_allclose(c, [[20, 30], [40, 30], [60, 30]], atol=0.01)
     assert np.isnan(colour_centroids(frames, "green")).all()
+
+
+def test_object_centroids_find_a_dimmed_blurred_object_and_not_the_background() -> None:
+    scene = crossing_scenes(1, 112, 64)[0]  # one object over a background of two colours far from its own
+    frame = render_scene(scene, 1, 64, 112)[0].astype(np.float64)
+    background = render_scene(replace(scene, objects=()), 1, 64, 112)[0].astype(np.float64)
+    exact = object_centroids(frame[None].astype(np.uint8), scene)[0]
+    np.testing.assert_allclose(exact, [scene.objects[0].x, scene.objects[0].y], atol=0.5)
+    # 55 % object, 45 % background: what a blurred continuation makes of it; a fixed tolerance loses it
+    faded = (0.55 * frame + 0.45 * background).astype(np.uint8)[None]
+    np.testing.assert_allclose(object_centroids(faded, scene)[0], exact, atol=0.5)
+    assert np.isnan(colour_centroids(faded, scene.objects[0].colour)).all()
+    assert np.isnan(object_centroids(background.astype(np.uint8)[None], scene)).all()
+
+
+def test_crossing_scenes_alternate_and_never_touch_an_edge() -> None:
+    scenes = crossing_scenes(8, 112, 64)
+    assert [np.sign(s.objects[0].vx) for s in scenes] == [1, -1] * 4
+    for s in scenes:
+        o = s.objects[0]
+        assert o.vy == 0 and abs(o.vx) >= 1 and len(s.objects) == 1
+        for x in (o.x, o.x + 28 * o.vx):
+            assert o.radius < x < 112 - o.radius
+        assert abs(o.x + 14 * o.vx - 56) < 1e-9  # crosses the centre at frame 14
 
 
 def test_score_chunks_ranks_a_perfect_prediction_above_copy_last() -> None:
