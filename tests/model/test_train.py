@@ -125,5 +125,10 @@ def test_a_continued_run_starts_from_the_earlier_export_and_sees_other_clips(tmp
     assert all(torch.equal(second.model.state_dict()[k], v) for k, v in exported.items())
     assert all(torch.equal(second.ema.state_dict()[k], v) for k, v in exported.items())
     assert not torch.equal(second.batch(1)[0].latents, first.batch(1)[0].latents)
+    second.step()
+    second.export(tmp_path / "second")
+    record = json.loads((tmp_path / "second" / "train.json").read_text())
+    assert record["continued_from"]["samples_seen"] == first.samples
+    assert record["total_samples_seen"] == first.samples + second.samples and "--init" in record["command"]
     with pytest.raises(Exception, match="config.json|dit"):
         Trainer(replace(SMALL, init=str(tmp_path / "nowhere")))
