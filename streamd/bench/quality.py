@@ -332,8 +332,8 @@ def crossing_scenes(count: int, width: int, height: int, start: int = 0) -> list
         speed = max(1.0, math.hypot(obj.vx, obj.vy))
         sign = 1.0 if len(out) % 2 == 0 else -1.0
         x0 = width / 2 - sign * speed * (COND_FRAMES + 1)
-        if min(x0, width - x0) - obj.radius < 1 or x0 + sign * speed * (COND_FRAMES + CHUNK_FRAMES) - obj.radius < 1 \
-                or width - (x0 + sign * speed * (COND_FRAMES + CHUNK_FRAMES)) - obj.radius < 1:
+        ends = (x0, x0 + sign * speed * (COND_FRAMES + CHUNK_FRAMES - 1))  # frames 0 and 28
+        if not all(obj.radius < x < width - obj.radius for x in ends):
             continue  # too fast or too big to cross without touching an edge
         out.append(replace(scene, objects=(replace(obj, x=x0, y=height / 2, vx=sign * speed, vy=0.0),)))
     return out
@@ -563,9 +563,11 @@ def _training_record(bundle: Any) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    # a continued run (`streamd train --init`) also counts the run it started from
-    return {k: record.get(f"total_{k}", record.get(k)) for k in ("steps_done", "samples_seen", "train_seconds")} \
-        | {"parameters": record.get("parameters"), "runs": 2 if "continued_from" in record else 1}
+    runs, earlier = 1, record
+    while "continued_from" in earlier:  # a continued run (`streamd train --init`) counts the runs before it
+        runs, earlier = runs + 1, earlier["continued_from"]
+    totals = {k: record.get(f"total_{k}", record.get(k)) for k in ("steps_done", "samples_seen", "train_seconds")}
+    return {**totals, "parameters": record.get("parameters"), "runs": runs}
 
 
 # ---------------------------------------------------------------------------------------------------- the demo
