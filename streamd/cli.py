@@ -260,17 +260,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """`streamd train`: the recipe of the shipped `tiny` weights (deterministic by seed, resumable)."""
-    import dataclasses
-
     from tqdm import tqdm
 
     from .train.loop import STATE_FILE, TrainConfig, train
 
-    config = TrainConfig(seed=args.seed, init=str(args.init) if args.init is not None else None)
-    if args.steps is not None:
-        config = dataclasses.replace(config, steps=args.steps)
-    if args.lr is not None:
-        config = dataclasses.replace(config, lr=args.lr)
+    given = {name: value for name, value in (("steps", args.steps), ("lr", args.lr)) if value is not None}
+    config = TrainConfig(seed=args.seed, init=str(args.init) if args.init is not None else None, **given)
     state = args.out / STATE_FILE
     resuming = state.exists() and not args.fresh
     print(f"training {config.preset} for {config.steps} steps of {config.batch} clips, seed {config.seed}"

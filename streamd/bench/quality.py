@@ -199,30 +199,12 @@ def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float((dx + w / 2) % w - w / 2), float((dy + h / 2) % h - h / 2)
 
 
-def colour_centroids(frames: np.ndarray, colour: str, tolerance: float = 0.22) -> np.ndarray:
-    """Centroid (x, y) per frame of the pixels within `tolerance` (0..1 RGB distance) of a named colour: [F, 2].
-
-    NaN where fewer than 4 pixels match (the object left the frame or the model lost it).
-    """
-    target = np.array(COLOURS[colour]) * 255.0
-    dist = np.linalg.norm(frames.astype(np.float64) - target, axis=-1) / 255.0  # [F, H, W]
-    mask = dist < tolerance
-    ys, xs = np.mgrid[0:frames.shape[1], 0:frames.shape[2]]
-    count = mask.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cx = (mask * xs).sum(axis=(1, 2)) / count
-        cy = (mask * ys).sum(axis=(1, 2)) / count
-    out = np.stack([cx, cy], axis=1)
-    out[count < 4] = np.nan
-    return out
-
-
 def object_centroids(frames: np.ndarray, scene: Scene) -> np.ndarray:
     """Centroid (x, y) per frame of the pixels nearer the first object's colour than any blend of the scene's
     two background colours: [F, 2], NaN where fewer than 4 pixels are.
 
-    Unlike a fixed tolerance, this still finds an object that a continuation has blurred or dimmed, as long as
-    it is more object than background; `trackable` scenes keep the two apart.
+    A fixed colour tolerance would lose an object that a continuation has blurred or dimmed; this finds it as
+    long as it is more object than background. `trackable` scenes keep the two apart.
     """
     x = frames.astype(np.float64) / 255.0  # [F, H, W, 3]
     obj = np.array(COLOURS[scene.objects[0].colour])
@@ -248,7 +230,7 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 def trackable(scene: Scene, min_distance: float = 0.35) -> bool:
     """True when the first object's colour is far from every blend of the background's two colours, so that
-    `colour_centroids` finds the object and nothing else."""
+    `object_centroids` finds the object and nothing else."""
     if not scene.objects:
         return False
     a, b = np.array(COLOURS[scene.colour_a]), np.array(COLOURS[scene.colour_b])

@@ -440,7 +440,7 @@ class FramePublisher:
                 pts_ns=int(out.pts_ns[i]), chunk=out.chunk, source=source, format=FORMAT_RGB24,
                 generation=out.generation, fps=self.fps, frame_in_chunk=i,
                 latency_s=None if arrival is None else max(0.0, time.monotonic() - arrival),
-                cond_frame=out.cond_frame if source == SOURCE_LIVE else None,
+                cond_frame=out.cond_frame,
             )
             parts = encode_frame(header, np.ascontiguousarray(frames[i]))
             try:

@@ -382,11 +382,11 @@ class Scheduler(Generic[F]):
             state.chunks_out += 1
             if state.clock_start is None:  # the stream's clock starts with its first frame out
                 state.clock_start, state.clock_frame = now, a.plan.first_output
-            live = a.plan.source is Source.LIVE
-            arrival = state.arrivals.get(a.plan.cond[-1].number) if live else None
+            newest = a.plan.cond[-1].number if a.plan.source is Source.LIVE else None
+            arrival = state.arrivals.get(newest) if newest is not None else None
             return ChunkDone(
                 stream_id=state.stream_id, generation=state.generation, chunk=a.plan.chunk, source=a.plan.source,
                 first_frame=a.plan.first_output, frames=result.frames, pts_ns=[r.pts_ns for r in refs],
-                params=a.params, cond_arrival=arrival, cond_frame=a.plan.cond[-1].number if live else None,
+                params=a.params, cond_arrival=arrival, cond_frame=newest,
                 started=a.started, finished=now, steps=result.steps,
             )

@@ -9,7 +9,7 @@ high noise, where the motion of the next chunk is decided). T_c is drawn per bat
 weighted towards a full window (the engine's usual case), so one model serves every window length it meets.
 
 Most batches are crops (48x64 pixels, 12 tokens a latent frame instead of 28, on the codec's 8-pixel grid, so
-a crop's latents are the whole frame's latents there): about 2.5 times the clips per second, and the model's
+a crop's latents are the whole frame's latents there): about 2.7 times the clips per second, and the model's
 attention is relative (RoPE), so what it learns on a crop holds on the whole frame. Every 4th batch is whole
 frames, so the frame's edges and the bounces off them are seen as they are at inference.
 
@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from ..model.dit import LongCatVideoDiT
 from ..model.presets import Preset, get_preset, init_training
 from ..model.text import EmbeddedTextEncoder
-from ..model.vae import EmbeddedCodec, pixel_frames
+from ..model.vae import SPATIAL_FACTOR, EmbeddedCodec, pixel_frames
 from ..pipeline import frames_to_video
 from ..sampling import shift_sigmas
 from .data import clip_seed, make_clip
@@ -93,8 +93,8 @@ class TrainConfig:
             raise ValueError("pixel_weighting must be in [0, 1]")
         preset = get_preset(self.preset)
         rows, cols = self.crop
-        # a crop must be whole DiT patches of whole codec cells (8 pixels per latent)
-        grid_h, grid_w = 8 * preset.config.patch_size[1], 8 * preset.config.patch_size[2]
+        # a crop must be whole DiT patches of whole codec cells (SPATIAL_FACTOR pixels per latent)
+        grid_h, grid_w = (SPATIAL_FACTOR * p for p in preset.config.patch_size[1:])
         if rows < grid_h or cols < grid_w or rows % grid_h or cols % grid_w or rows > preset.height \
                 or cols > preset.width:
             raise ValueError(f"crop must be multiples of {grid_h}x{grid_w} pixels inside "
@@ -173,9 +173,9 @@ class Trainer:
         rows, cols = (height, width) if full else cfg.crop
         clips, captions = [], []
         for j in range(cfg.full_frame_batch if full else cfg.batch):
-            # crops sit on the codec's 8-pixel grid, so a crop's latents are the full frame's latents there
-            top = 8 * int(rng.integers(0, (height - rows) // 8 + 1))
-            left = 8 * int(rng.integers(0, (width - cols) // 8 + 1))
+            # crops sit on the codec's grid, so a crop's latents are the full frame's latents there
+            top = SPATIAL_FACTOR * int(rng.integers(0, (height - rows) // SPATIAL_FACTOR + 1))
+            left = SPATIAL_FACTOR * int(rng.integers(0, (width - cols) // SPATIAL_FACTOR + 1))
             index = cfg.seed * CLIPS_PER_SEED + step * cfg.batch + j
             clip, caption = make_clip(clip_seed("train", index), frames, height, width,
                                       window=(top, left, rows, cols))

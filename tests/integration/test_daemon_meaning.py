@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamd.bench.quality import PAN_TEXTURES, moving_clips, pool, psnr, score_chunks
+from streamd.bench.quality import COND_FRAMES, PAN_TEXTURES, moving_clips, pool, psnr, score_chunks
 from streamd.clients.send import send
 from streamd.e2e import LOOPBACK
 from streamd.media import VideoWriter
@@ -35,7 +35,6 @@ OWN_SCENE_MARGIN_DB = 4.0
 # Frames 5-16 of every live chunk at 1/8 scale: model minus copy-last, in dB. Measured on the shipped weights
 # through this daemon path: +5.7 dB on this pan (copy-last 9.8 dB, the model 15.5 dB).
 BEATS_COPY_LAST_DB = 2.0
-COND_FRAMES = 13  # the daemon's default window: 4 latents
 # Frames the client sends before the daemon's first arrival can be lost (the WebRTC track starting); the
 # alignment is one offset for the whole run, looked for in 0..MAX_LEAD
 MAX_LEAD = 12
