@@ -42,6 +42,21 @@ def _linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), layer.weight.float(), bias)
 
 
+def _linear_per_frame(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An fp32 linear over per-frame rows (timestep embedding, adaLN), accumulated in fp64 and rounded to fp32.
+
+    Why: these products have one row per latent frame, and the row count differs between paths (the cached path
+    has T_n frames, the uncached one T_c + T_n). For so few rows BLAS chooses its reduction order by row count
+    and thread count (split-K), so the same frame's modulation came out a few ulps apart in the two paths, and
+    between one process (all cores) and a context-parallel rank (its share of the cores). Pixel chaining turns
+    such ulps into whole levels after a chunk or two. An fp64 sum rounded to fp32 is the correctly rounded
+    product in all but vanishingly rare ties, whatever the row count or threads. The cost is a few rows per block.
+    """
+    assert isinstance(layer, nn.Linear)
+    bias = None if layer.bias is None else layer.bias.double()
+    return F.linear(x.double(), layer.weight.double(), bias).float()
+
+
 class RMSNorm(nn.Module):
     """RMS normalisation over the last dim, computed in fp32, with a learned per-channel weight."""
 
@@ -102,8 +117,8 @@ class TimestepEmbedder(nn.Module):
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[:, None] * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        hidden = F.silu(_linear_fp32(self.mlp[0], emb))
-        return _linear_fp32(self.mlp[2], hidden)
+        hidden = F.silu(_linear_per_frame(self.mlp[0], emb))
+        return _linear_per_frame(self.mlp[2], hidden)
 
 
 class CaptionEmbedder(nn.Module):
@@ -191,7 +206,7 @@ class LongCatBlock(nn.Module):
 
     def modulation(self, t_emb: torch.Tensor) -> list[torch.Tensor]:
         """t_emb: [B, F, Dt] -> six fp32 tensors [B, F, 1, C]: shift/scale/gate for attention, then for FFN."""
-        return list(_linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(6, dim=-1))
+        return list(_linear_per_frame(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(6, dim=-1))
 
     def forward(
         self,
@@ -273,7 +288,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         # x: [B, N, C]; t_emb: [B, F, Dt] -> [B, N, patch_channels] fp32
-        shift, scale = _linear_fp32(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(2, dim=-1)
+        shift, scale = _linear_per_frame(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(2, dim=-1)
         return _linear_fp32(self.linear, _modulate(x.float(), shift, scale, t_emb.shape[1]))
 
 

@@ -58,7 +58,10 @@ def cfg_zero(v_uncond: torch.Tensor, v_cond: torch.Tensor, guidance: float) -> t
         return c
     batch = u.shape[0]
     u_flat, c_flat = u.reshape(batch, -1), c.reshape(batch, -1)  # [B, N]
-    s_star = (c_flat * u_flat).sum(dim=1) / (u_flat.square().sum(dim=1) + _EPS)  # [B]
+    # Summed in fp64 and rounded to fp32: a parallel fp32 sum splits its order by thread count, so one process and
+    # a context-parallel rank (its share of the cores) would get s* a few ulps apart, which chunks amplify.
+    u64, c64 = u_flat.double(), c_flat.double()
+    s_star = ((c64 * u64).sum(dim=1) / (u64.square().sum(dim=1) + _EPS)).float()  # [B]
     s_star = s_star.reshape(batch, *([1] * (u.ndim - 1)))  # [B, 1, 1, ...]: one scalar per sample, any rank
     return s_star * u + guidance * (c - s_star * u)
 

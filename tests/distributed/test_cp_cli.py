@@ -36,10 +36,11 @@ def test_continue_on_two_ranks_writes_the_frames_of_one(tmp_path: Path) -> None:
             assert "2 ranks connected (gloo)" in proc.stderr and "rank 1: stopped" in proc.stderr
     one, two, one_uncached, two_uncached = videos
     assert one.shape == two.shape == (13 + 2 * 16, 128, 224, 3)
-    assert int(np.abs(one - two).max()) <= 1
-    # the uncached path on two ranks, too (against its own N = 1: cached and uncached agree to ~1e-6 per step, which
-    # random weights and pixel chaining can amplify past one level in a few pixels of the second segment)
-    assert int(np.abs(one_uncached - two_uncached).max()) <= 1
+    # every segment, written through the MP4 encoder (which turns a one-level input difference into many): the same
+    # video on one rank and on two, for each path (cached and uncached agree to fp32 rounding, not to the bit, at
+    # guidance != 1: the cache is built for one guidance branch and broadcast; see tests/model)
+    assert int(np.abs(one - two).max()) == 0
+    assert int(np.abs(one_uncached - two_uncached).max()) == 0
 
 
 @pytest.mark.parametrize("n", [2, 4])

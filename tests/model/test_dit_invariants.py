@@ -175,3 +175,31 @@ def test_published_config_on_meta_device() -> None:
     assert shapes["blocks.0.ffn.w1.weight"] == (11008, 4096)
     assert shapes["final_layer.linear.weight"] == (64, 4096)
     assert shapes["x_embedder.proj.weight"] == (4096, 16, 1, 2, 2)
+
+
+def test_per_frame_modulation_does_not_depend_on_frame_count_or_threads(dit: LongCatVideoDiT) -> None:
+    """A frame's adaLN modulation is the same whichever other frames share the forward and however many threads
+    compute it: the cached path (T_n frames), the uncached one (T_c + T_n) and a context-parallel rank (its share of
+    the cores) must agree to the bit, or pixel chaining amplifies the difference chunk after chunk."""
+    t = torch.tensor([[0.0, 0.0, 0.0, 0.0, 640.0, 640.0, 640.0, 640.0]])
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for frames in (t, t[:, 4:], t[:, 4:5]):
+                emb = dit._embed_time(frames, 1, frames.shape[1])
+                results.append((dit.blocks[0].modulation(emb)[0][0, -1], emb[0, -1]))
+    finally:
+        torch.set_num_threads(threads)
+    for mod, emb in results[1:]:
+        assert torch.equal(mod, results[0][0]) and torch.equal(emb, results[0][1])
+
+
+@pytest.mark.parametrize("t_c", [1, 4])
+def test_cached_equals_uncached_to_the_bit_with_one_branch(t_c: int) -> None:
+    dit = make_dit()
+    cond, latents, t, text, mask = make_inputs(dit, t_c, 4, batch=1)
+    uncached = dit(latents, t, text, mask, num_cond_latents=t_c)[:, :, t_c:]
+    cached = dit(latents[:, :, t_c:], t[:, t_c:], text, mask, num_cond_latents=t_c, kv_cache=dit.prefill(cond))
+    assert torch.equal(cached, uncached)
