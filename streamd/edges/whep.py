@@ -23,7 +23,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
 from .http import RETRY_AFTER_S, SDP, RequestChecks
-from .webrtc import WhipError, new_session_id
+from .webrtc import WhipError, new_session_id, parse_viewer_offer
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ class WhepEndpoint:
         """Start a viewer of `/whep/<stream>` (or of the newest live stream); 201 with the answer."""
         self.checks.authorize(request, "view")
         offer = await self.checks.read_body(request, SDP)
-        if not offer.lstrip().startswith("v=0"):
-            raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
+        parse_viewer_offer(offer)
         live = self.source.live_streams()
         stream_id = request.match_info.get("stream") or (live[0] if live else None)
         if stream_id is None or stream_id not in live:

@@ -1,0 +1,92 @@
+"""Issue 18, "Hardening from an adversarial probe": one regression test per item, on the real aiohttp surface
+over loopback (tests/integration/http_app.py) with real aiortc peers where the item needs one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from streamd.config import HttpSettings
+from streamd.e2e import LOOPBACK
+from streamd.edges.webrtc import restrict_host_addresses
+
+from .http_app import serve
+from .test_http_edge import call, offer_sdp, problem, raw_exchange
+
+restrict_host_addresses((LOOPBACK,))
+SDP = {"Content-Type": "application/sdp"}
+SDPFRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+
+def no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """No log record carries a traceback, and asyncio reported no unretrieved task exception."""
+    assert not [r for r in caplog.records if r.exc_info is not None], caplog.text
+    assert "Traceback" not in caplog.text and "never retrieved" not in caplog.text, caplog.text
+
+
+def test_issue18_3_whip_offer_without_fingerprint_is_400_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with serve() as s:
+            pc, offer = await offer_sdp()
+            try:
+                stripped = "".join(line for line in offer.splitlines(keepends=True)
+                                   if not line.startswith("a=fingerprint"))
+                status, headers, text = await call("POST", s.base + "/whip", stripped, SDP)
+                assert status == 400 and problem(status, headers, text) == "bad-sdp", text
+                assert "fingerprint" in text and not s.whip.sessions and not s.engine.streams
+            finally:
+                await pc.close()
+            await asyncio.sleep(0.2)  # let any stray task finish and be collected
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(scenario())
+        import gc
+        gc.collect()  # "Task exception was never retrieved" is logged when the task is collected
+    no_traceback(caplog)
+
+
+async def whip_session(base: str) -> tuple[RTCPeerConnection, str, str]:
+    """A real aiortc publisher's session: (peer connection, session URL, ETag)."""
+    pc, offer = await offer_sdp()
+    status, headers, text = await call("POST", base + "/whip", offer, SDP)
+    assert status == 201, text
+    return pc, base + headers["Location"], headers["ETag"]
+
+
+def test_issue18_6_patch_with_unknown_mid_or_malformed_candidate_is_400_bad_sdpfrag() -> None:
+    async def scenario() -> None:
+        async with serve() as s:
+            pc, url, etag = await whip_session(s.base)
+            try:
+                head = "a=ice-ufrag:{u}\r\na=ice-pwd:{p}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\n"
+                ice = pc.localDescription.sdp
+                ufrag = next(x.split(":", 1)[1] for x in ice.splitlines() if x.startswith("a=ice-ufrag:"))
+                pwd = next(x.split(":", 1)[1] for x in ice.splitlines() if x.startswith("a=ice-pwd:"))
+                head = head.format(u=ufrag, p=pwd)
+                good = "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n"
+                for body in (head + "a=mid:nope\r\n" + good,
+                             head + "a=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 notaport typ host\r\n",
+                             head + "a=mid:0\r\na=candidate:1 1 udp 1 example.com 5000 typ host\r\n",
+                             head + "a=mid:0\r\na=candidate:garbage\r\n"):
+                    status, headers, text = await call("PATCH", url, body, {**SDPFRAG, "If-Match": etag})
+                    assert status == 400 and problem(status, headers, text) == "bad-sdpfrag", (body, text)
+                status, _, text = await call("PATCH", url, head + "a=mid:0\r\n" + good, {**SDPFRAG, "If-Match": etag})
+                assert status == 204, text
+            finally:
+                await pc.close()
+    asyncio.run(scenario())
+
+
+def test_issue18_7_whep_sendonly_offer_is_400_bad_sdp() -> None:
+    async def scenario() -> None:
+        async with serve() as s:
+            pc, offer = await offer_sdp()  # a publisher's offer: its only video section is sendonly
+            try:
+                status, headers, text = await call("POST", s.base + "/whep", offer, SDP)
+                assert status == 400 and problem(status, headers, text) == "bad-sdp", text
+                assert "recvonly" in text
+            finally:
+                await pc.close()
+    asyncio.run(scenario())
