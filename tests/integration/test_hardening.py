@@ -90,3 +90,44 @@ def test_issue18_7_whep_sendonly_offer_is_400_bad_sdp() -> None:
             finally:
                 await pc.close()
     asyncio.run(scenario())
+
+
+def test_issue18_8_error_details_and_log_never_quote_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    token = "s3cret-token-value"
+
+    async def scenario() -> None:
+        async with serve(HttpSettings(token=token)) as s:
+            loop = asyncio.get_running_loop()
+            for request in (
+                # a control character in the Authorization header itself, and in a header after it
+                f"POST /whip HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x01\r\n\r\n".encode(),
+                f"GET /livez HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX-A: a\x01b\r\n\r\n".encode(),
+                f"GET /livez HTTP/1.1\r\nHost: x\r\nX-A: {'y' * 4000}\x01 Bearer {token}\r\n\r\n".encode(),
+            ):
+                reply = await loop.run_in_executor(None, raw_exchange, s.port, request)
+                assert b" 400 " in reply.split(b"\r\n", 1)[0], reply
+                head, _, body = reply.partition(b"\r\n\r\n")
+                assert token.encode() not in reply and b"bad-request" in body
+                assert len(body) < 600  # the quoted part is bounded
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(scenario())
+    assert token not in caplog.text
+
+
+def test_issue18_10_unknown_method_is_405_with_allow() -> None:
+    async def scenario() -> None:
+        async with serve() as s:
+            loop = asyncio.get_running_loop()
+            reply = await loop.run_in_executor(None, raw_exchange, s.port,
+                                               b"FOO /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert b" 405 " in head.split(b"\r\n", 1)[0] and b"method-not-allowed" in body, reply
+            allow = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"allow:"))
+            assert b"GET" in allow and b"HEAD" in allow
+            reply = await loop.run_in_executor(None, raw_exchange, s.port,
+                                               b"FOO /whip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b" 405 " in reply.split(b"\r\n", 1)[0] and b"POST" in reply
+            reply = await loop.run_in_executor(None, raw_exchange, s.port,
+                                               b"FOO /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b" 404 " in reply.split(b"\r\n", 1)[0] and b"not-found" in reply
+    asyncio.run(scenario())
