@@ -306,7 +306,7 @@ class Daemon:
             command=self._command, status=self.status, frame_size=core.frame_size,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
-        self.whep = WhepEndpoint(self.whip, fps=e.fps)
+        self.whep = WhepEndpoint(self.whip, fps=e.fps, setup_timeout_s=cfg.webrtc.whep_setup_timeout_s)
         self._http = BoundedAppRunner(build_app(self.whip, hooks, self.whep), cfg.http, access_log=None,
                                       handle_signals=False)
         await self._http.setup()

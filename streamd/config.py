@@ -87,9 +87,10 @@ class ZmqSettings:
 
 @dataclass(frozen=True)
 class WebRtcSettings:
-    """WHIP sessions."""
+    """WHIP sessions and WHEP viewers."""
 
     setup_timeout_s: float = 15.0  # a session whose peer never connects is closed after this
+    whep_setup_timeout_s: float = 15.0  # a WHEP viewer that never connects is dropped after this (frees its slot)
     media_timeout_s: float = 10.0  # a connected session that sends no video for this long is closed
     host_addresses: tuple[str, ...] = ()  # restrict ICE host candidates to these addresses (empty: all)
 

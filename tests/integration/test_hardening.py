@@ -131,3 +131,45 @@ def test_issue18_10_unknown_method_is_405_with_allow() -> None:
                                                b"FOO /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert b" 404 " in reply.split(b"\r\n", 1)[0] and b"not-found" in reply
     asyncio.run(scenario())
+
+
+async def live_publisher(s: object) -> RTCPeerConnection:
+    """A real aiortc publisher, connected: its stream is live and can be watched."""
+    from aiortc import RTCSessionDescription
+
+    pc, offer = await offer_sdp()
+    status, _, answer = await call("POST", s.base + "/whip", offer, SDP)  # type: ignore[attr-defined]
+    assert status == 201, answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    for _ in range(150):
+        if s.whip.live_streams():  # type: ignore[attr-defined]
+            return pc
+        await asyncio.sleep(0.1)
+    raise AssertionError("the publisher never connected")
+
+
+def test_issue18_1_a_whep_viewer_that_never_connects_loses_its_slot_after_the_setup_timeout() -> None:
+    async def scenario() -> None:
+        async with serve(whep_setup_timeout_s=1.0) as s:
+            publisher = await live_publisher(s)
+            viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            try:
+                viewer.addTransceiver("video", direction="recvonly")
+                await viewer.setLocalDescription(await viewer.createOffer())
+                # the viewer POSTs and vanishes: it never applies the answer, so it never connects
+                status, _, text = await call("POST", s.base + "/whep", viewer.localDescription.sdp, SDP)
+                assert status == 201, text
+                assert len(s.whep.viewers) == 1
+                await asyncio.sleep(2.0)
+                assert not s.whep.viewers  # the slot is free again after the 1 s setup timeout
+            finally:
+                await viewer.close()
+                await publisher.close()
+    asyncio.run(scenario())
+
+
+def test_issue18_1_the_whep_setup_timeout_is_a_setting_defaulting_to_15_s() -> None:
+    from streamd.config import ServeConfig
+
+    assert ServeConfig.load().webrtc.whep_setup_timeout_s == 15.0
+    assert ServeConfig.load(env={"STREAMD_WEBRTC_WHEP_SETUP_TIMEOUT_S": "3"}).webrtc.whep_setup_timeout_s == 3.0
