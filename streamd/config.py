@@ -294,6 +294,7 @@ def _rank(source: str) -> int:
 
 def _read_secret(path: Path, what: str, source: str) -> str:
     """The text of a secret file without surrounding whitespace; ConfigError when unreadable, huge or empty."""
+    _check_value(what, path, source)  # a control character (a NUL) in the path: named, not a ValueError from open
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SECRET_FILE_BYTES + 1)
