@@ -250,6 +250,8 @@ class Daemon:
                      "mqtt": f"mqtt broker {cfg.mqtt.broker}"}[listener]
             log.warning("%s is reachable off loopback without authentication (%s.allow_unauthenticated = true)",
                         where, listener)
+        for warning in cfg.secret_file_warnings(os.environ.get("CREDENTIALS_DIRECTORY")):
+            log.warning("%s", warning)
         restrict_host_addresses(cfg.webrtc.host_addresses)
         m = cfg.mqtt
         if m.broker is not None:  # first, so that the broker sees "starting" while the model loads

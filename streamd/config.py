@@ -215,6 +215,29 @@ class ServeConfig:
             out.append("mqtt")
         return out
 
+    def secret_file_warnings(self, credentials: str | None = None) -> list[str]:
+        """A warning for every secret file (token or password file) that other local users may read (group or
+        world permission bits), naming the file and the fix. Files under `credentials` (systemd's
+        $CREDENTIALS_DIRECTORY) are exempt: systemd owns their permissions."""
+        files = [("http.token_file", self.http.token_file), ("http.ingest_token_file", self.http.ingest_token_file),
+                 ("http.view_token_file", self.http.view_token_file),
+                 ("http.control_token_file", self.http.control_token_file),
+                 ("mqtt.password_file", self.mqtt.password_file)]
+        out = []
+        for name, path in files:
+            if path is None:
+                continue
+            if credentials and Path(path).resolve().is_relative_to(Path(credentials).resolve()):
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue  # read at load already; a file gone since is the reader's error, not this warning's
+            if mode & 0o077:
+                out.append(f"{name} {path} is readable by other users (mode {mode & 0o777:04o}): anyone on this "
+                           f"host can read the secret; run `chmod 600 {path}` (or use a systemd credential)")
+        return out
+
     @classmethod
     def load(
         cls,

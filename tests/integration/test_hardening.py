@@ -173,3 +173,31 @@ def test_issue18_1_the_whep_setup_timeout_is_a_setting_defaulting_to_15_s() -> N
 
     assert ServeConfig.load().webrtc.whep_setup_timeout_s == 15.0
     assert ServeConfig.load(env={"STREAMD_WEBRTC_WHEP_SETUP_TIMEOUT_S": "3"}).webrtc.whep_setup_timeout_s == 3.0
+
+
+def test_issue18_4_11_real_daemon_representative_configs(tmp_path: "Path") -> None:
+    """Two representative examples of the config property test on a real daemon: a valid config file (with a
+    world-readable token file: started, warned with the fix) and a non-finite number (refused at start, named)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import start_daemon
+
+    token = Path(tmp_path) / "http-token"
+    token.write_text("a-long-enough-token\n")
+    token.chmod(0o644)
+    good = Path(tmp_path) / "good.toml"
+    good.write_text(f'[http]\ntoken_file = "{token}"\nbody_timeout_s = 5.5\ncors_origin = "https://a.example"\n'
+                    '[webrtc]\nwhep_setup_timeout_s = 3\n')
+    d = start_daemon(Path(tmp_path), "--config", str(good))
+    try:
+        assert "chmod 600" in d.log() and str(token) in d.log()
+    finally:
+        d.kill()
+    bad = Path(tmp_path) / "bad.toml"
+    bad.write_text("[engine]\nmax_lead_s = nan\n")
+    done = subprocess.run([sys.executable, "-m", "streamd.cli", "serve", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "engine.max_lead_s must be a finite number" in done.stderr + done.stdout
+    assert str(bad) in done.stderr + done.stdout and "Traceback" not in done.stderr
