@@ -201,3 +201,27 @@ def test_issue18_4_11_real_daemon_representative_configs(tmp_path: "Path") -> No
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "engine.max_lead_s must be a finite number" in done.stderr + done.stdout
     assert str(bad) in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_issue18_9_mqtt_queue_overflow_logs_the_1st_2nd_4th_occurrence(caplog: pytest.LogCaptureFixture) -> None:
+    """aiomqtt warns once per discarded command when its bounded queue is full; a client flooding commands must
+    not flood the log: 300 discards give at most 9 lines (1st, 2nd, 4th, ..., 256th)."""
+    import paho.mqtt.client as mqtt
+
+    from streamd.edges.mqtt import MqttControl
+
+    async def scenario() -> None:
+        ctl = MqttControl(object(), LOOPBACK, 1883, "streamd/test")  # type: ignore[arg-type]
+        client = ctl._client()  # private: the library's own client, as the daemon configures it
+        while not client._queue.full():
+            client._queue.put_nowait(object())  # type: ignore[arg-type]
+        for _ in range(300):
+            message = mqtt.MQTTMessage(mid=1, topic=b"streamd/test/cmd/reset")
+            message.payload = b"{}"
+            client._on_message(client._client, None, message)  # the library's receive callback
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    full = [r for r in caplog.records if "queue is full" in r.getMessage()]
+    assert 1 <= len(full) <= 9, len(full)
+    assert "256 times so far" in full[-1].getMessage()
