@@ -225,3 +225,24 @@ def test_issue18_9_mqtt_queue_overflow_logs_the_1st_2nd_4th_occurrence(caplog: p
     full = [r for r in caplog.records if "queue is full" in r.getMessage()]
     assert 1 <= len(full) <= 9, len(full)
     assert "256 times so far" in full[-1].getMessage()
+
+
+def test_issue18_12_send_exits_non_zero_when_the_daemon_ends_its_session(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from streamd import cli
+
+    async def scenario() -> int:
+        async with serve() as s:
+            sender = asyncio.ensure_future(asyncio.to_thread(
+                cli.main, ["send", s.base + "/whip", "--seconds", "8", "--ice-address", LOOPBACK]))
+            for _ in range(150):
+                if s.whip.live_streams():
+                    break
+                await asyncio.sleep(0.1)
+            (session,) = s.whip.sessions.values()
+            await session.close("media-timeout")  # the daemon ends the session, as its media timeout does
+            return await asyncio.wait_for(sender, 30)
+
+    assert asyncio.run(scenario()) != 0
+    err = capsys.readouterr().err
+    assert "ended the session" in err
