@@ -250,6 +250,8 @@ class Daemon:
                      "mqtt": f"mqtt broker {cfg.mqtt.broker}"}[listener]
             log.warning("%s is reachable off loopback without authentication (%s.allow_unauthenticated = true)",
                         where, listener)
+        for warning in cfg.secret_file_warnings(os.environ.get("CREDENTIALS_DIRECTORY")):
+            log.warning("%s", warning)
         restrict_host_addresses(cfg.webrtc.host_addresses)
         m = cfg.mqtt
         if m.broker is not None:  # first, so that the broker sees "starting" while the model loads
@@ -306,7 +308,7 @@ class Daemon:
             command=self._command, status=self.status, frame_size=core.frame_size,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
-        self.whep = WhepEndpoint(self.whip, fps=e.fps)
+        self.whep = WhepEndpoint(self.whip, fps=e.fps, setup_timeout_s=cfg.webrtc.whep_setup_timeout_s)
         self._http = BoundedAppRunner(build_app(self.whip, hooks, self.whep), cfg.http, access_log=None,
                                       handle_signals=False)
         await self._http.setup()

@@ -369,11 +369,16 @@ def cmd_send(args: argparse.Namespace) -> int:
     """`streamd send`: a WHIP client."""
     import asyncio
 
-    from .clients.send import send
+    from .clients.send import SendError, send
 
     width, _, height = args.size.partition("x")
-    report = asyncio.run(send(args.url, token=args.token, source=args.source, seconds=args.seconds,
-                              width=int(width), height=int(height), ice_addresses=tuple(args.ice_address or ())))
+    try:
+        report = asyncio.run(send(args.url, token=args.token, source=args.source, seconds=args.seconds,
+                                  width=int(width), height=int(height),
+                                  ice_addresses=tuple(args.ice_address or ())))
+    except SendError as exc:  # refused, not connected, or the daemon ended the session under us: say why
+        print(f"streamd send: {exc}", file=sys.stderr)
+        return 1
     print(f"sent {report.frames_sent} frames as stream {report.stream_id} in {report.seconds:.1f} s")
     return 0
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -87,9 +89,10 @@ class ZmqSettings:
 
 @dataclass(frozen=True)
 class WebRtcSettings:
-    """WHIP sessions."""
+    """WHIP sessions and WHEP viewers."""
 
     setup_timeout_s: float = 15.0  # a session whose peer never connects is closed after this
+    whep_setup_timeout_s: float = 15.0  # a WHEP viewer that never connects is dropped after this (frees its slot)
     media_timeout_s: float = 10.0  # a connected session that sends no video for this long is closed
     host_addresses: tuple[str, ...] = ()  # restrict ICE host candidates to these addresses (empty: all)
 
@@ -158,7 +161,7 @@ class ServeConfig:
         _check(self.zmq.sndhwm >= 1, "zmq.sndhwm must be at least 1")
         curve = (self.zmq.curve_secret_key, self.zmq.curve_public_key, self.zmq.curve_allowed_clients)
         _check(all(c is None for c in curve) or all(c is not None for c in curve),
-               "zmq.curve_secret_key, curve_public_key and curve_allowed_clients go together")
+               "zmq.curve_secret_key, zmq.curve_public_key and zmq.curve_allowed_clients go together")
         _check(self.webrtc.setup_timeout_s > 0 and self.webrtc.media_timeout_s > 0,
                "webrtc timeouts must be positive")
         if self.mqtt.broker is not None:
@@ -212,6 +215,29 @@ class ServeConfig:
             out.append("mqtt")
         return out
 
+    def secret_file_warnings(self, credentials: str | None = None) -> list[str]:
+        """A warning for every secret file (token or password file) that other local users may read (group or
+        world permission bits), naming the file and the fix. Files under `credentials` (systemd's
+        $CREDENTIALS_DIRECTORY) are exempt: systemd owns their permissions."""
+        files = [("http.token_file", self.http.token_file), ("http.ingest_token_file", self.http.ingest_token_file),
+                 ("http.view_token_file", self.http.view_token_file),
+                 ("http.control_token_file", self.http.control_token_file),
+                 ("mqtt.password_file", self.mqtt.password_file)]
+        out = []
+        for name, path in files:
+            if path is None:
+                continue
+            if credentials and Path(path).resolve().is_relative_to(Path(credentials).resolve()):
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue  # read at load already; a file gone since is the reader's error, not this warning's
+            if mode & 0o077:
+                out.append(f"{name} {path} is readable by other users (mode {mode & 0o777:04o}): anyone on this "
+                           f"host can read the secret; run `chmod 600 {path}` (or use a systemd credential)")
+        return out
+
     @classmethod
     def load(
         cls,
@@ -241,7 +267,22 @@ class ServeConfig:
             if value is not None:
                 _put(raw, key, value, "command line")
         _resolve_secrets(raw, (env or {}).get("CREDENTIALS_DIRECTORY"))
-        return _build(cls, raw.get("", {}), raw)
+        try:
+            return _build(cls, raw.get("", {}), raw)
+        except ConfigError as exc:
+            raise ConfigError(_with_sources(str(exc), raw)) from None
+
+
+def _with_sources(message: str, raw: Mapping[str, Mapping[str, tuple[Any, str]]]) -> str:
+    """`message` with the sources of the settings it names, when it does not say where a value came from (the
+    checks across settings in `__post_init__` know names, not sources)."""
+    if "(from " in message:
+        return message
+    named = [(f"{section}.{name}" if section else name, source) for section, values in raw.items()
+             for name, (_, source) in values.items()]
+    found = [f"{key} from {source}" for key, source in named
+             if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message)]
+    return f"{message} ({'; '.join(found)})" if found else message
 
 
 def _check(ok: bool, message: str) -> None:
@@ -276,6 +317,7 @@ def _rank(source: str) -> int:
 
 def _read_secret(path: Path, what: str, source: str) -> str:
     """The text of a secret file without surrounding whitespace; ConfigError when unreadable, huge or empty."""
+    _check_value(what, path, source)  # a control character (a NUL) in the path: named, not a ValueError from open
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SECRET_FILE_BYTES + 1)
@@ -395,6 +437,68 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"config: {key} must be {kind}, got {value!r} (from {source})")
 
 
+# The range of every numeric setting, (lowest, highest, lowest excluded): a value outside it, or not finite (TOML
+# allows nan and inf), is refused at start with the setting's name and source. Every int and float setting has an
+# entry (tests/unit/test_config_properties.py checks it); the sections' own checks may narrow them further.
+HOUR_S, DAY_S = 3600.0, 86400.0
+RANGES: Mapping[str, tuple[float, float, bool]] = {
+    "http.port": (1, 65535, False),
+    "http.max_body_bytes": (1024, 16 * 1024 * 1024, False),
+    "http.header_timeout_s": (0, HOUR_S, True),
+    "http.body_timeout_s": (0, HOUR_S, True),
+    "http.keepalive_timeout_s": (0, HOUR_S, True),
+    "http.max_connections": (1, 65536, False),
+    "http.max_connections_per_client": (1, 65536, False),
+    "zmq.sndhwm": (1, 1_000_000, False),
+    "webrtc.setup_timeout_s": (0, HOUR_S, True),
+    "webrtc.whep_setup_timeout_s": (0, HOUR_S, True),
+    "webrtc.media_timeout_s": (0, HOUR_S, True),
+    "mqtt.status_interval_s": (0, DAY_S, True),
+    "engine.cond_latents": (1, 16, False),
+    "engine.chunk_latents": (1, 64, False),
+    "engine.fps": (0, 240, True),
+    "engine.min_fresh": (1, 1024, False),
+    "engine.memory_budget_bytes": (1, 2**50, False),
+    "engine.max_streams": (1, 64, False),
+    "engine.max_lead_s": (0, HOUR_S, False),
+    "engine.lateness_cap_s": (0, HOUR_S, False),
+    "engine.output_queue": (1, 1024, False),
+    "engine.stall_timeout_s": (0, DAY_S, True),
+    "engine.step_delay_s": (0, HOUR_S, False),
+    "engine.steps": (1, 1000, False),
+    "engine.guidance": (0, 50, False),
+    "engine.context_parallel": (1, 64, False),
+    "engine.collective_timeout_s": (0, HOUR_S, True),
+}
+
+
+def _control_char(text: str) -> str | None:
+    """The first control character in `text` (C0, DEL, C1, line and paragraph separators), or None."""
+    return next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"), None)
+
+
+def _check_value(key: str, value: Any, source: str) -> None:
+    """Refuse a converted value that is not finite, out of `RANGES`, or a string with a control character (a CR or
+    LF in `http.cors_origin` would break every response; in a path or a name it is never meant). The error names
+    the setting and where its value came from."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config: {key} must be a finite number, got {value!r} (from {source})")
+        bounds = RANGES.get(key)
+        if bounds is not None:
+            low, high, open_low = bounds
+            if not (low < value <= high if open_low else low <= value <= high):
+                span = f"{'more than ' + format(low, 'g') if open_low else format(low, 'g')}..{high:g}"
+                raise ConfigError(f"config: {key} must be in {span}, got {value!r} (from {source})")
+    texts = [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value] if isinstance(
+        value, tuple) else []
+    for text in texts:
+        bad = _control_char(text)
+        if bad is not None:
+            raise ConfigError(f"config: {key} must not contain control characters, got {ascii(bad)} "
+                              f"(from {source})")
+
+
 def _build(cls: type, values: dict[str, tuple[Any, str]], raw: dict[str, dict[str, tuple[Any, str]]],
            prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
@@ -410,6 +514,8 @@ def _build(cls: type, values: dict[str, tuple[Any, str]], raw: dict[str, dict[st
         elif f.name in values:
             value, source = values[f.name]
             kwargs[f.name] = _convert(value, hint, prefix + f.name, source)
+            if kwargs[f.name] is not None:
+                _check_value(prefix + f.name, kwargs[f.name], source)
     unknown_sections = set(raw) - {""} - _SECTIONS
     if not prefix and unknown_sections:
         raise ConfigError(f"config: unknown section(s) {', '.join(sorted(unknown_sections))}")

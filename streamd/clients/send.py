@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 
 class SendError(RuntimeError):
-    """The WHIP server refused the session or the connection failed."""
+    """The WHIP server refused the session, the connection failed, or the daemon ended the session under us."""
+
+
+class SessionEnded(SendError):
+    """The daemon ended the session before the client did (media timeout, setup timeout, shutdown...): the peer
+    connection closed or failed, or the session URL answered 404."""
 
 
 class PatternTrack(VideoStreamTrack):
@@ -88,11 +93,14 @@ async def send(
         track = player.video  # type: ignore[assignment]
     pc.addTransceiver(track, direction="sendonly")
     connected = asyncio.Event()
+    ended = asyncio.Event()  # the peer connection failed or closed while we were still sending
 
     @pc.on("connectionstatechange")
     async def _state() -> None:
         if pc.connectionState == "connected":
             connected.set()
+        elif pc.connectionState in ("failed", "closed"):
+            ended.set()
 
     headers = {"Content-Type": "application/sdp"}
     if token:
@@ -114,10 +122,22 @@ async def send(
             except asyncio.TimeoutError:
                 raise SendError(f"no connection within {connect_timeout_s:g} s") from None
             log.info("sending to %s as stream %s", url, stream_id)
-            await asyncio.sleep(seconds)
+            try:
+                await asyncio.wait_for(ended.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass  # sent for the whole time: the normal end
+            else:
+                raise SessionEnded(f"the daemon ended the session after {time.monotonic() - started:.1f} s: the "
+                                   f"peer connection {pc.connectionState} (see the daemon's log for why, e.g. "
+                                   "a media timeout)")
             auth = {"Authorization": f"Bearer {token}"} if token else {}
             async with http.delete(location, headers=auth) as resp:
-                await resp.read()
+                text = await resp.text()
+                if resp.status == 404:
+                    raise SessionEnded("the daemon had already ended the session (404 on DELETE; e.g. a media "
+                                       "timeout): the video sent last did not reach it")
+                if resp.status != 200:
+                    raise SendError(f"DELETE answered {resp.status}: {text[:200]}")
     finally:
         await pc.close()
         if player is not None and player.video is not None:

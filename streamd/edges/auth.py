@@ -5,10 +5,12 @@ Roles: `ingest` (WHIP), `view` (WHEP, `/api/status`), `control` (`/api/cmd`). `h
 With no token at all every door is open (loopback only, unless `http.allow_unauthenticated`); with any token set,
 every door needs a token that opens it.
 
-Backoff: failed authentications are counted per client address. `FAILURES_BEFORE_BACKOFF` failures within
+Backoff: failed authentications (a request whose token opens nothing on the requested door: an unknown token,
+or another role's) are counted per client address; only a token that opens the door clears the count. `FAILURES_BEFORE_BACKOFF` failures within
 `WINDOW_S` block the address for `FIRST_DELAY_S`; each further failure after a block doubles the delay, up to
-`MAX_DELAY_S`. A blocked address gets 429 with `Retry-After` before its token is even looked at; other
-addresses are never affected. At most `MAX_CLIENTS` addresses are tracked (least recently failed forgotten
+`MAX_DELAY_S`. A blocked address gets 429 with `Retry-After` on every door before its token is even looked
+at, with or without one (the block is on the address; checking first costs a blocked sender no comparisons
+and tells it nothing); other addresses are never affected. At most `MAX_CLIENTS` addresses are tracked (least recently failed forgotten
 first), so memory stays below about 1 MiB whatever the number of attackers.
 """
 
@@ -140,12 +142,15 @@ class TokenCheck:
         for role_name, token in self._tokens.items():  # every token compared: timing reveals no role
             if hmac.compare_digest(data, token):
                 matched.add(role_name)
+        if matched & set(ROLE_TOKENS[role]):
+            self.throttle.succeeded(address)  # only a token that opens this door clears the record
+            return
+        # Another role's token opens nothing here: it counts as a failure too, or a guesser holding any valid
+        # token (an ingest token, say) could clear its record between guesses and never be slowed down.
+        self.throttle.failed(address)
+        self._on_failure()
         if not matched:
-            self.throttle.failed(address)
-            self._on_failure()
             raise AuthRefused(401, "unauthorized", "the bearer token is not valid",
                               {"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'})
-        self.throttle.succeeded(address)
-        if not matched & set(ROLE_TOKENS[role]):
-            raise AuthRefused(403, "forbidden", f"this token does not open the {role} role's doors",
-                              {"WWW-Authenticate": f'{CHALLENGE}, error="insufficient_scope", scope="{role}"'})
+        raise AuthRefused(403, "forbidden", f"this token does not open the {role} role's doors",
+                          {"WWW-Authenticate": f'{CHALLENGE}, error="insufficient_scope", scope="{role}"'})

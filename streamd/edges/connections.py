@@ -20,20 +20,36 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from aiohttp.web_server import Server
 
 from ..config import HttpSettings
+from ..lograte import Occurrences
 from ..wire.errors import ERROR_CONTENT_TYPE, error_body
 from .http import http_exception_response
+from .redact import quote_client
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5  # what a connection refused for capacity is told to wait
+# the request line as the HTTP parser quotes it in its error message (b'FOO /livez HTTP/1.1')
+_QUOTED_REQUEST_LINE = re.compile(r"b['\"]([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/[^\s'\"]*)")
+
+
+def allowed_methods(app: web.Application, path: str) -> list[str]:
+    """The methods the application's router serves on `path` (empty when no route matches it)."""
+    methods: set[str] = set()
+    for resource in app.router.resources():
+        match = getattr(resource, "_match", None)  # aiohttp's own path matcher, the one the router uses
+        if match is not None and match(path.split("?", 1)[0]) is not None:
+            methods |= {route.method for route in resource if route.method != "*"}
+    return sorted(methods)
 
 
 def raw_error(status: int, reason: str, code: str, detail: str, headers: dict[str, str] | None = None) -> bytes:
@@ -44,11 +60,20 @@ def raw_error(status: int, reason: str, code: str, detail: str, headers: dict[st
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def error_response_bytes(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON error response (protocols/http.md section 12) for the connection handler to send."""
+    return web.Response(status=status, text=json.dumps(error_body(status, code, detail)),
+                        content_type=ERROR_CONTENT_TYPE, headers=headers)
+
+
 class ConnectionCounts:
     """Open connections in all and per client address (entries exist only while connections do)."""
 
-    def __init__(self, settings: HttpSettings, on_refused: Any = None) -> None:
+    def __init__(self, settings: HttpSettings, on_refused: Any = None,
+                 allowed: Callable[[str], list[str]] | None = None) -> None:
         self.settings = settings
+        self.allowed = allowed  # the methods served on a path (for 405 to methods the parser does not know)
+        self.errors_logged = Occurrences()
         self.total = 0
         self.per_client: Counter[str] = Counter()
         self.refused = 0
@@ -165,16 +190,32 @@ class BoundedRequestHandler(RequestHandler):
             code, detail = "internal", "the connection was lost"
             status = 500
         elif status >= 500:
-            log.error("HTTP request from %s failed: %s", getattr(request, "remote", "?"),
-                      type(exc).__name__ if exc is not None else status)
+            n = self._bounds.errors_logged.due("handle_error")
+            if n is not None:  # a client repeating a failing request cannot flood the log (1st, 2nd, 4th...)
+                log.error("HTTP request from %s failed: %s (%d so far)", getattr(request, "remote", "?"),
+                          type(exc).__name__ if exc is not None else status, n)
             code, detail = "internal", "internal error; see the daemon's log"
             status = 500
+        elif (isinstance(exc, BadHttpMethod) and self._bounds.allowed is not None
+              and (found := _QUOTED_REQUEST_LINE.search(str(exc))) is not None):
+            # a well-formed request line with a method the HTTP parser does not know (FOO /livez): answered as the
+            # router answers any method a path does not serve (protocols/http.md section 2); garbage stays a 400
+            allowed = self._bounds.allowed(found.group(2))
+            if allowed:
+                resp = error_response_bytes(405, "method-not-allowed",
+                                            f"method not allowed; allowed: {', '.join(allowed)}",
+                                            {"Allow": ", ".join(allowed)})
+            else:
+                resp = error_response_bytes(404, "not-found", "no such resource")
+            resp.force_close()
+            return resp
         else:
-            log.debug("refused an unparseable request from %s: %s", getattr(request, "remote", "?"), exc)
-            code, status = "bad-request", 400
-            # the parser's own message names the broken part; it holds no path or trace. Bounded and ASCII.
+            # the parser's message quotes the broken line: bounded, printable, and never an Authorization value
             text = message or (str(getattr(exc, "message", "") or exc) if exc is not None else "")
-            detail = "the request is not valid HTTP/1.1" + (f": {text[:200]}" if text else "")
+            text = quote_client(text)
+            log.debug("refused an unparseable request from %s: %s", getattr(request, "remote", "?"), text)
+            code, status = "bad-request", 400
+            detail = "the request is not valid HTTP/1.1" + (f": {text}" if text else "")
             detail = detail.encode("ascii", "replace").decode()
         resp = web.Response(status=status, text=json.dumps(error_body(status, code, detail)),
                             content_type=ERROR_CONTENT_TYPE)
@@ -199,7 +240,7 @@ class BoundedAppRunner(web.AppRunner):
     def __init__(self, app: web.Application, settings: HttpSettings, on_refused: Any = None,
                  **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=settings.keepalive_timeout_s, **kwargs)
-        self.bounds = ConnectionCounts(settings, on_refused)
+        self.bounds = ConnectionCounts(settings, on_refused, allowed=lambda path: allowed_methods(app, path))
 
     async def _make_server(self) -> Server:
         loop = asyncio.get_running_loop()

@@ -21,8 +21,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import HttpSettings
+from ..lograte import Occurrences
 from ..wire.errors import ERROR_CONTENT_TYPE, error_body
 from .auth import AuthRefused, AuthThrottle, TokenCheck
+from .redact import quote_client
 from .webrtc import WhipError
 
 if TYPE_CHECKING:  # only for annotations: whip.py and whep.py import this module
@@ -197,6 +199,7 @@ def page_file(path: Path) -> web.Response:
 def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None = None) -> web.Application:
     """The aiohttp application: routes, and every refusal -> the JSON error response of protocols/http.md."""
     checks = whip.checks
+    failures = Occurrences()  # the 500 log line is logged at its 1st, 2nd, 4th... occurrence per place
 
     @web.middleware
     async def errors(request: web.Request,
@@ -229,8 +232,10 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
             while tb is not None and tb.tb_next is not None:
                 tb = tb.tb_next
             where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
-            log.error("%s %s failed: %s: %s (at %s)", request.method, request.path[:200], type(exc).__name__,
-                      str(exc)[:200], where)
+            n = failures.due((type(exc).__name__, where))
+            if n is not None:
+                log.error("%s %s failed: %s: %s (at %s; %d so far)", request.method, quote_client(request.path),
+                          type(exc).__name__, quote_client(str(exc)), where, n)
             log.debug("traceback", exc_info=exc)
             return error_response(500, "internal", "internal error; see the daemon's log", checks.cors())
 

@@ -31,6 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import __version__
 from ..control import COMMAND_VERSION, Controller, ReplyCache, handle_command
+from ..lograte import Occurrences, RateLimitFilter
 
 __all__ = ["EVENT_QUEUE_SIZE", "STATES", "MqttControl"]
 
@@ -109,6 +110,12 @@ class MqttControl:
         self.connections = 0  # successful connections so far (a reconnect counts again)
         self.events_dropped = 0  # events discarded because the queue was full
         self.commands_handled = 0
+        # Lines a broker client can cause (a refused or retained command, a bad response topic, and the library's
+        # own "Message queue is full", once per discarded command): the 1st, 2nd, 4th... of each kind only.
+        self._seen = Occurrences()
+        self._client_log = log.getChild("client")
+        if not any(isinstance(f, RateLimitFilter) for f in self._client_log.filters):
+            self._client_log.addFilter(RateLimitFilter())
         if password is not None and not tls and host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("MQTT password is sent in clear text to %s: enable TLS", host)
 
@@ -219,7 +226,7 @@ class MqttControl:
             self.port,
             username=self._username,
             password=self._password,
-            logger=log.getChild("client"),
+            logger=self._client_log,
             # random per connection: a client id shared by two daemons would make them kick each other off
             identifier="streamd" + secrets.token_hex(8),
             protocol=self._protocol,
@@ -292,7 +299,9 @@ class MqttControl:
                 continue
             if message.retain:
                 # 3.1.1 has no way to refuse retained messages on subscribe: skip them here (spec §4).
-                log.warning("ignoring a retained command on %s; clear it with an empty retained message", topic)
+                if (n := self._seen.due("retained")) is not None:
+                    log.warning("ignoring a retained command on %s; clear it with an empty retained message "
+                                "(%d so far)", topic[:200], n)
                 continue
             await self._handle(client, topic[len(cmd_prefix):], message)
 
@@ -315,12 +324,16 @@ class MqttControl:
                 if self._response_topic_ok(response_topic):
                     topic = response_topic
                 else:
-                    log.warning("refusing response topic %r; replying on %s", response_topic[:200], topic)
+                    if (n := self._seen.due("response-topic")) is not None:
+                        log.warning("refusing response topic %r; replying on %s (%d so far)", response_topic[:200],
+                                    topic, n)
             if correlation is not None:
                 props.CorrelationData = correlation
         await client.publish(topic, _json(reply), qos=1, retain=False, properties=props)
         if not reply["ok"]:
-            log.info("MQTT command %s refused: %s: %s", verb[:64], reply.get("error"), reply.get("detail"))
+            if (n := self._seen.due(("refused", reply.get("error")))) is not None:
+                log.info("MQTT command %s refused: %s: %s (%d so far)", verb[:64], reply.get("error"),
+                         str(reply.get("detail"))[:200], n)
 
     def _response_topic_ok(self, topic: str) -> bool:
         """Whether a command's response topic may be published to.

@@ -11,6 +11,7 @@ colour conversion and scaling), so that the engine thread never resizes frames i
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import time
@@ -25,6 +26,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from ..config import WebRtcSettings
+from ..lograte import is_logged
+from .redact import quote_client
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +108,33 @@ def restrict_host_addresses(addresses: tuple[str, ...]) -> None:
         aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(chosen)
 
 
-def parse_offer(sdp: str) -> SessionDescription:
-    """Parse an SDP offer, raising WhipError 400 (malformed) or 422 (no video)."""
+def _parse_sdp(sdp: str) -> SessionDescription:
+    """Parse an SDP offer and check what every WebRTC offer must carry, raising WhipError 400 `bad-sdp`.
+
+    Every audio and video section needs ICE credentials and at least one DTLS fingerprint (RFC 8842 section 5):
+    without a fingerprint the DTLS handshake cannot be verified, and aiortc would only fail later, inside a task.
+    """
     if not sdp.lstrip().startswith("v=0"):
         raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises assorted errors on malformed input
-        raise WhipError(400, "bad-sdp", f"malformed SDP offer: {exc}") from None
+        raise WhipError(400, "bad-sdp", f"malformed SDP offer: {quote_client(str(exc))}") from None
     if not parsed.media:
         raise WhipError(400, "bad-sdp", "the SDP offer has no media section")
+    for m in parsed.media:
+        if m.kind in ("audio", "video") and (m.ice is None or not m.ice.usernameFragment or not m.ice.password):
+            raise WhipError(400, "bad-sdp", f"the {m.kind} section lacks ICE credentials (a=ice-ufrag, a=ice-pwd)")
+        if m.kind in ("audio", "video") and (m.dtls is None or not m.dtls.fingerprints):
+            raise WhipError(400, "bad-sdp", f"the {m.kind} section lacks a DTLS fingerprint (a=fingerprint)")
+    return parsed
+
+
+def parse_offer(sdp: str) -> SessionDescription:
+    """Parse a WHIP offer, raising WhipError 400 (malformed, no ICE credentials or DTLS fingerprint) or 422 (no
+    video section the daemon can receive)."""
+    parsed = _parse_sdp(sdp)
+
     def receivable(m: Any) -> bool:
         codecs = {c.mimeType.lower() for c in m.rtp.codecs}
         return (m.kind == "video" and m.port != 0 and (m.direction or "sendrecv") in ("sendonly", "sendrecv")
@@ -123,10 +143,19 @@ def parse_offer(sdp: str) -> SessionDescription:
     if not any(receivable(m) for m in parsed.media):
         raise WhipError(422, "no-video", "the offer has no video section the daemon can receive "
                                          "(VP8 or H.264, sendonly or sendrecv)")
-    for m in parsed.media:
-        if m.kind in ("audio", "video") and (m.ice is None or not m.ice.usernameFragment or not m.ice.password
-                                             or m.dtls is None):
-            raise WhipError(400, "bad-sdp", f"the {m.kind} section lacks ICE credentials or a DTLS fingerprint")
+    return parsed
+
+
+def parse_viewer_offer(sdp: str) -> SessionDescription:
+    """Parse a WHEP offer (protocols/http.md section 5.1), raising WhipError 400 `bad-sdp` (malformed, or no video
+    section the daemon can send into: none `recvonly` or `sendrecv`) or 422 `no-video` (no video section)."""
+    parsed = _parse_sdp(sdp)
+    video = [m for m in parsed.media if m.kind == "video" and m.port != 0]
+    if not video:
+        raise WhipError(422, "no-video", "the offer has no video section to play into")
+    if not any((m.direction or "sendrecv") in ("recvonly", "sendrecv") for m in video):
+        raise WhipError(400, "bad-sdp", "the offer's video sections cannot receive (the direction must be "
+                                        "recvonly or sendrecv)")
     return parsed
 
 
@@ -161,10 +190,47 @@ def parse_sdpfrag(body: str) -> TrickleFragment:
         elif line == "a=end-of-candidates":
             frag.end_of_candidates = True
         elif line[:2] not in ("a=", "m=", "c="):
-            raise WhipError(400, "bad-sdpfrag", f"unexpected line in trickle fragment: {line[:80]!r}")
+            raise WhipError(400, "bad-sdpfrag", f"unexpected line in trickle fragment: {quote_client(line)!r}")
     if not seen_any:
         raise WhipError(400, "bad-sdpfrag", "empty trickle fragment")
     return frag
+
+
+ICE_CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+
+
+def parse_candidate(line: str) -> Any:
+    """An `candidate:...` attribute (RFC 8839 section 5.1) as aiortc's candidate, raising WhipError 400
+    `bad-sdpfrag` unless every field is well formed. aiortc's own parser takes fields on trust (a port of
+    "x", a host name as address), and aioice then drops such a candidate silently."""
+    def bad(why: str) -> WhipError:
+        return WhipError(400, "bad-sdpfrag", f"malformed candidate {quote_client(line)!r}: {why}")
+
+    fields = line.split(":", 1)[1].split() if ":" in line else []
+    if len(fields) < 8 or fields[6] != "typ":
+        raise bad("expected <foundation> <component> <transport> <priority> <address> <port> typ <type>")
+    foundation, component, transport, priority, address, port, _, kind = fields[:8]
+    if not (1 <= len(foundation) <= 32 and all(c.isascii() and (c.isalnum() or c in "+/") for c in foundation)):
+        raise bad("foundation")
+    if not (component.isdigit() and 1 <= int(component) <= 256):
+        raise bad("component")
+    if transport.lower() not in ("udp", "tcp"):
+        raise bad("transport")
+    if not (priority.isdigit() and int(priority) < 2**32):
+        raise bad("priority")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not address.endswith(".local"):  # mDNS names (RFC 8828) are what browsers send for host candidates
+            raise bad("address") from None
+    if not (port.isdigit() and int(port) <= 65535):
+        raise bad("port")
+    if kind not in ICE_CANDIDATE_TYPES:
+        raise bad("type")
+    try:
+        return candidate_from_sdp(line.split(":", 1)[1])
+    except Exception as exc:  # aiortc's parser raises assorted errors on the optional fields
+        raise bad(quote_client(str(exc))) from None
 
 
 class WhipSession:
@@ -226,13 +292,18 @@ class WhipSession:
         """Apply a trickle fragment (ICE restarts are refused)."""
         if frag.ufrag is not None and self.remote_ufrag is not None and frag.ufrag != self.remote_ufrag:
             raise WhipError(422, "ice-restart-unsupported", "ICE restarts are not supported: start a new session")
-        default_mid = next((t.mid for t in self.pc.getTransceivers() if t.mid is not None), "0")
+        mids = [t.mid for t in self.pc.getTransceivers() if t.mid is not None]
+        default_mid = mids[0] if mids else "0"
+        # Check every line before adding any: a fragment is applied whole or refused (400) whole.
+        candidates = []
         for mid, line in frag.candidates:
-            try:
-                candidate = candidate_from_sdp(line.split(":", 1)[1])
-            except Exception as exc:
-                raise WhipError(400, "bad-sdpfrag", f"malformed candidate {line[:80]!r}: {exc}") from None
+            if mid is not None and mid not in mids:
+                raise WhipError(400, "bad-sdpfrag", f"a=mid:{quote_client(mid)} names no media section of this "
+                                                    "session")
+            candidate = parse_candidate(line)
             candidate.sdpMid = mid or default_mid
+            candidates.append(candidate)
+        for candidate in candidates:
             await self.pc.addIceCandidate(candidate)
         if frag.end_of_candidates:
             await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
@@ -298,7 +369,7 @@ class WhipSession:
         self.frames_refused += 1
         n = self.frames_refused
         # log the 1st, 2nd, 4th, 8th... refusal: a sender stuck on a bad size cannot flood the log
-        if n & (n - 1) == 0:
+        if is_logged(n):
             log.warning("session %s: dropped received frame (%d so far): %s", self.session_id[:6], n, exc)
 
     async def close(self, reason: str) -> None:

@@ -4,7 +4,8 @@
 viewer's peer connection, `GeneratedTrack` its paced video track. Generated chunks arrive in bursts (16 frames at
 once); each viewer's track releases them at the model's frame rate from their presentation timestamps, so
 playback is smooth and correctly timed. Bounds: at most `VIEWER_QUEUE_FRAMES` frames wait per viewer (oldest
-dropped), at most `max_viewers` viewers.
+dropped), at most `max_viewers` viewers, and a viewer slot is held only by a connected viewer or by one within
+`setup_timeout_s` of its 201 (aioice never gives up on a peer that vanished after its POST).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
 from .http import RETRY_AFTER_S, SDP, RequestChecks
-from .webrtc import WhipError, new_session_id
+from .webrtc import WhipError, new_session_id, parse_viewer_offer
 
 log = logging.getLogger(__name__)
 
 VIEWER_QUEUE_FRAMES = 64  # about 4 s at 15 fps: a viewer further behind loses its oldest frames
 VIDEO_CLOCK = 90_000  # RTP video clock rate
 DEFAULT_MAX_VIEWERS = 16  # viewers in all, across streams: each one costs an encoder on the event loop
+DEFAULT_SETUP_TIMEOUT_S = 15.0  # a viewer not connected this long after its 201 is dropped (webrtc.whep_setup_timeout_s)
 
 
 class GeneratedTrack(VideoStreamTrack):
@@ -92,6 +94,8 @@ class WhepViewer:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = GeneratedTrack(fps)
         self.closed = False
+        self.connected = asyncio.Event()
+        self.watchdog: asyncio.Task[None] | None = None
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply a recvonly (or sendrecv) video offer and answer with the generated track."""
@@ -109,6 +113,8 @@ class WhepViewer:
         """Stop the track and the peer connection (idempotent)."""
         if not self.closed:
             self.closed = True
+            if self.watchdog is not None and self.watchdog is not asyncio.current_task():
+                self.watchdog.cancel()
             self.track.stop()
             await self.pc.close()
 
@@ -124,10 +130,13 @@ class PlaybackSource(Protocol):
 
 
 class WhepEndpoint:
-    """WHEP playback sessions. Bound: at most `max_viewers` viewers in all."""
+    """WHEP playback sessions. Bounds: at most `max_viewers` viewers in all; one not connected within
+    `setup_timeout_s` of its 201 is dropped."""
 
-    def __init__(self, source: PlaybackSource, fps: float, max_viewers: int = DEFAULT_MAX_VIEWERS) -> None:
+    def __init__(self, source: PlaybackSource, fps: float, max_viewers: int = DEFAULT_MAX_VIEWERS,
+                 setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S) -> None:
         self.source = source
+        self.setup_timeout_s = setup_timeout_s
         self.checks = source.checks
         self.fps = fps
         self.max_viewers = max_viewers
@@ -143,8 +152,7 @@ class WhepEndpoint:
         """Start a viewer of `/whep/<stream>` (or of the newest live stream); 201 with the answer."""
         self.checks.authorize(request, "view")
         offer = await self.checks.read_body(request, SDP)
-        if not offer.lstrip().startswith("v=0"):
-            raise WhipError(400, "bad-sdp", "the body is not an SDP offer (it must start with v=0)")
+        parse_viewer_offer(offer)
         live = self.source.live_streams()
         stream_id = request.match_info.get("stream") or (live[0] if live else None)
         if stream_id is None or stream_id not in live:
@@ -165,13 +173,25 @@ class WhepEndpoint:
 
         @viewer.pc.on("connectionstatechange")
         async def _state() -> None:
-            if viewer.pc.connectionState in ("failed", "closed"):
+            if viewer.pc.connectionState == "connected":
+                viewer.connected.set()
+            elif viewer.pc.connectionState in ("failed", "closed"):
                 await self._drop(viewer.session_id)
+
+        viewer.watchdog = asyncio.ensure_future(self._setup_watchdog(viewer))
 
         log.info("viewer %s watching stream %s", viewer.session_id[:6], stream_id)
         headers = {**self.checks.cors(), "Location": f"/whep/session/{viewer.session_id}",
                    "ETag": f'"{viewer.session_id[:8]}"', "Streamd-Stream-Id": stream_id}
         return web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+
+    async def _setup_watchdog(self, viewer: WhepViewer) -> None:
+        """Drop a viewer whose peer has not connected within the setup timeout (as WHIP's setup timeout does)."""
+        try:
+            await asyncio.wait_for(viewer.connected.wait(), self.setup_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("viewer %s: peer did not connect within %g s", viewer.session_id[:6], self.setup_timeout_s)
+            await self._drop(viewer.session_id)
 
     async def delete(self, request: web.Request) -> web.Response:
         """End a viewer at its client's request."""

@@ -20,6 +20,7 @@ from typing import AsyncIterator, Callable
 
 import numpy as np
 
+from ..lograte import is_logged
 from .core import ChunkOutput, EngineCore, FrameError, StepOutcome
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class EngineRunner:
         except FrameError as exc:
             self.drops["invalid"] += 1
             n = self.drops["invalid"]
-            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a client sending garbage cannot flood the log
+            if is_logged(n):  # the 1st, 2nd, 4th, 8th...: a client sending garbage cannot flood the log
                 log.warning("stream %s: dropped a frame (%d invalid so far): %s", stream_id, n, exc)
             return False
         if not accepted:

@@ -65,22 +65,24 @@ class Served:
     engine: FakeEngine
     whip: WhipEndpoint
     runner: BoundedAppRunner
+    whep: WhepEndpoint
 
 
 @contextlib.asynccontextmanager
-async def serve(http: HttpSettings | None = None, **engine: Any) -> AsyncIterator[Served]:
+async def serve(http: HttpSettings | None = None, whep_setup_timeout_s: float = 5.0,
+                **engine: Any) -> AsyncIterator[Served]:
     """Serve the HTTP surface on a free loopback port for the duration of the block."""
     port = free_port()
     settings = HttpSettings(**{**(http.__dict__ if http else {}), "host": LOOPBACK, "port": port})
     fake = FakeEngine(**engine)
     hooks = fake.hooks()
     whip = WhipEndpoint(settings, WebRtcSettings(setup_timeout_s=5, media_timeout_s=3), hooks)
-    whep = WhepEndpoint(whip, fps=15.0)
+    whep = WhepEndpoint(whip, fps=15.0, setup_timeout_s=whep_setup_timeout_s)
     runner = BoundedAppRunner(build_app(whip, hooks, whep), settings, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, LOOPBACK, port).start()
     try:
-        yield Served(f"http://{LOOPBACK}:{port}", port, fake, whip, runner)
+        yield Served(f"http://{LOOPBACK}:{port}", port, fake, whip, runner, whep)
     finally:
         await asyncio.gather(whep.close_all(), whip.close_all("shutdown"))
         await runner.cleanup()

@@ -102,7 +102,7 @@ def test_challenges_and_roles() -> None:
     check.check("control", "bearer  control-token ", "a")  # scheme case and spaces do not matter
     for role, token in [("control", "view-token-1"), ("view", "ingest-token"), ("control", "ingest-token"),
                         ("ingest", "view-token-1"), ("ingest", "control-token")]:
-        denied = refusal(check, role, f"Bearer {token}")
+        denied = refusal(check, role, f"Bearer {token}", address=f"{role}-{token}")  # each a failure too
         assert denied.status == 403 and denied.code == "forbidden"
         assert 'error="insufficient_scope"' in denied.headers["WWW-Authenticate"]
     everything = TokenCheck({"all": "one-token-for-all"})
@@ -125,3 +125,32 @@ def test_blocked_address_gets_429_while_another_is_served() -> None:
     assert len(failures) == FAILURES_BEFORE_BACKOFF and len(throttled) == 1
     clock.now += 1.0
     check.check("ingest", "Bearer the-right-token", "attacker")  # ...and the block ends on time
+
+
+def test_issue18_2_another_roles_token_is_a_failure_and_never_clears_the_record() -> None:
+    # A guesser holding a valid ingest token must not clear its record by spending it on the control door
+    # between guesses: only a token that opens the requested door clears it.
+    clock = Clock()
+    failures: list[int] = []
+    check = TokenCheck({"ingest": "ingest-token", "control": "control-token"}, AuthThrottle(clock),
+                       on_failure=lambda: failures.append(1))
+    for _ in range(2):  # guess, spend the ingest token, guess, spend it: 4 failures, no block yet
+        assert refusal(check, "control", "Bearer guess-guess", "attacker").status == 401
+        assert refusal(check, "control", "Bearer ingest-token", "attacker").status == 403
+    assert refusal(check, "control", "Bearer ingest-token", "attacker").status == 403  # the 5th failure
+    assert refusal(check, "control", "Bearer guess-guess", "attacker").status == 429
+    assert len(failures) == FAILURES_BEFORE_BACKOFF
+    clock.now += MAX_DELAY_S
+    check.check("control", "Bearer control-token", "attacker")  # the right door's token clears the record
+    assert len(check.throttle) == 0
+
+
+def test_issue18_13_a_blocked_address_gets_429_with_or_without_a_token() -> None:
+    # Decision (protocols/http.md section 3.3): the block is on the address and is checked before the
+    # Authorization header is read, so a tokenless request from a blocked address waits too.
+    clock = Clock()
+    check = TokenCheck({"all": "the-right-token"}, AuthThrottle(clock))
+    for _ in range(FAILURES_BEFORE_BACKOFF):
+        refusal(check, "view", "Bearer guess-guess", "attacker")
+    assert refusal(check, "view", None, "attacker").status == 429
+    assert refusal(check, "view", None, "friend").status == 401

@@ -36,8 +36,9 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ({"STREAMD_ENGINE_STEPS": "1.5"}, r"engine\.steps must be int"),
     ({"STREAMD_ZMQ_CURVE_SECRET_KEY": "/k"}, r"go together"),
     ({"STREAMD_ENGINE_MAX_STREAMS": "0"}, r"engine\.max_streams must be in 1\.\.64"),
-    ({"STREAMD_ENGINE_STALL_TIMEOUT_S": "0"}, r"engine\.stall_timeout_s must be positive"),
-    ({"STREAMD_ENGINE_STEPS": "0"}, r"steps must be an integer in 1\.\.1000"),
+    ({"STREAMD_ENGINE_STALL_TIMEOUT_S": "0"},
+     r"engine\.stall_timeout_s must be in more than 0\.\.86400, got 0\.0 \(from STREAMD_ENGINE_STALL_TIMEOUT_S\)"),
+    ({"STREAMD_ENGINE_STEPS": "0"}, r"engine\.steps must be in 1\.\.1000, got 0 \(from STREAMD_ENGINE_STEPS\)"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

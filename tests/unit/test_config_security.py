@@ -133,3 +133,21 @@ def test_serve_help_says_token_is_for_local_use_and_offers_a_file() -> None:
     assert "quick local use only" in text and "ps" in text and "--token-file" in text
     args = parser.parse_args(["serve", "--token-file", "/run/t"])
     assert args.token_file == Path("/run/t")
+
+
+def test_issue18_11_a_secret_file_others_can_read_is_a_start_warning(tmp_path: Path) -> None:
+    token = tmp_path / "http-token"
+    token.write_text("a-long-enough-token\n")
+    token.chmod(0o644)
+    cfg = ServeConfig.load(env={"STREAMD_HTTP_TOKEN_FILE": str(token)})
+    (warning,) = cfg.secret_file_warnings()
+    assert str(token) in warning and "chmod 600" in warning and "http.token_file" in warning
+    token.chmod(0o600)
+    assert cfg.secret_file_warnings() == []
+    # a systemd credential is exempt: systemd owns its permissions
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "http-token").write_text("a-long-enough-token\n")
+    (creds / "http-token").chmod(0o644)
+    cfg = ServeConfig.load(env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.http.token == "a-long-enough-token" and cfg.secret_file_warnings(str(creds)) == []

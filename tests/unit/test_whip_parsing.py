@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamd.edges.webrtc import WhipError, parse_offer, parse_sdpfrag
+from streamd.edges.webrtc import WhipError, parse_candidate, parse_offer, parse_sdpfrag, parse_viewer_offer
 
 OFFER = "\r\n".join([
     "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
@@ -45,3 +45,43 @@ def test_trickle_fragments() -> None:
         with pytest.raises(WhipError) as info:
             parse_sdpfrag(body)
         assert (info.value.status, info.value.code) == (400, "bad-sdpfrag")
+
+
+def test_issue18_3_an_offer_without_a_fingerprint_is_bad_sdp() -> None:
+    no_fingerprint = "\r\n".join(line for line in OFFER.split("\r\n") if not line.startswith("a=fingerprint"))
+    error = refused(no_fingerprint)
+    assert (error.status, error.code) == (400, "bad-sdp") and "fingerprint" in error.detail
+
+
+def test_issue18_7_a_viewer_offer_must_be_able_to_receive() -> None:
+    parse_viewer_offer(OFFER.replace("a=sendonly", "a=recvonly"))
+    parse_viewer_offer(OFFER.replace("a=sendonly", "a=sendrecv"))
+    with pytest.raises(WhipError) as info:
+        parse_viewer_offer(OFFER)  # sendonly: the viewer would send, not watch
+    assert (info.value.status, info.value.code) == (400, "bad-sdp")
+    with pytest.raises(WhipError) as info:
+        parse_viewer_offer(OFFER.replace("m=video", "m=audio").replace("a=sendonly", "a=recvonly"))
+    assert (info.value.status, info.value.code) == (422, "no-video")
+
+
+@pytest.mark.parametrize("line", [
+    "candidate:1 1 udp 2130706431 127.0.0.1 notaport typ host",
+    "candidate:1 1 udp 2130706431 not-an-address 5000 typ host",
+    "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ nonsense",
+    "candidate:1 1 sctp 2130706431 127.0.0.1 5000 typ host",
+    "candidate:1 x udp 2130706431 127.0.0.1 5000 typ host",
+    "candidate:1 1 udp 99999999999 127.0.0.1 5000 typ host",
+    "candidate:1 1 udp 2130706431 127.0.0.1 5000",
+    "candidate:garbage",
+])
+def test_issue18_6_malformed_candidates_are_bad_sdpfrag(line: str) -> None:
+    with pytest.raises(WhipError) as info:
+        parse_candidate(line)
+    assert (info.value.status, info.value.code) == (400, "bad-sdpfrag")
+
+
+def test_well_formed_candidates_parse() -> None:
+    for line in ("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+                 "candidate:a+/B 1 UDP 1 ::1 9 typ srflx raddr 0.0.0.0 rport 0",
+                 "candidate:2 1 udp 2113937151 3f1c2a9e-1b2c-4d5e-8f90-123456789abc.local 54400 typ host"):
+        assert parse_candidate(line).port >= 0
