@@ -36,7 +36,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from streamd.clients.send import SessionEnded, PatternTrack, send
+from streamd.clients.send import PatternTrack, SessionEnded, send
 from streamd.e2e import LOOPBACK
 from streamd.edges.webrtc import restrict_host_addresses
 from streamd.wire.schemas import load_schema
