@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="MP4 to write")
     p.add_argument("--png-dir", type=Path, help="folder for one PNG per frame")
     p.add_argument("--frames", type=_positive_int, help="stop after this many frames")
-    p.add_argument("--timeout", type=float, default=30.0, help="stop when nothing arrives for this long (s)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop when nothing arrives for this long (s; default: wait as long as it takes)")
 
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -387,8 +388,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     """`streamd subscribe`: a ZeroMQ subscriber writing MP4 or PNGs."""
     from .clients.subscribe import subscribe
 
+    def waiting(seconds: float) -> None:
+        print(f"waiting for the first frame from {args.endpoint} ({seconds:.0f} s)...", file=sys.stderr, flush=True)
+
     report = subscribe(args.endpoint, stream=args.stream, frames=args.frames, output=args.output,
-                       png_dir=args.png_dir, timeout_s=args.timeout)
+                       png_dir=args.png_dir, timeout_s=args.timeout, on_wait=waiting)
     print(f"received {report.frames} frames from {', '.join(sorted(report.streams)) or 'no stream'} "
           f"({report.gaps} lost, {report.invalid} invalid) in {report.seconds:.1f} s")
     return 0 if report.frames else 1

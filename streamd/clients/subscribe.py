@@ -57,6 +57,7 @@ RCVHWM = 64
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ZMQ_MAXMSGSIZE: a bigger part from a faulty peer drops the connection
 HEARTBEAT_IVL_MS = 5_000  # notices a dead publisher (spec section 3.2)
 HEARTBEAT_TIMEOUT_MS = 15_000
+WAIT_NOTICE_S = 10.0  # while no frame has arrived, `on_wait` hears how long the wait has lasted this often
 DEFAULT_FPS = 15.0  # MP4 frame rate when the first header carries no `fps`
 MAX_EVENTS = 10_000  # the report keeps the newest this many events
 MAX_LATENCY_SAMPLES = 100_000  # ... and the newest this many latency values
@@ -270,9 +271,10 @@ class _Receiver:
 
 
 def subscribe(endpoint: str, stream: str | None = None, frames: int | None = None, output: Path | None = None,
-              png_dir: Path | None = None, timeout_s: float = 30.0,
+              png_dir: Path | None = None, timeout_s: float | None = None,
               curve_client: tuple[Path, Path, Path] | None = None, *,
-              on_frame: FrameCallback | None = None, rcvhwm: int = RCVHWM) -> SubscribeReport:
+              on_frame: FrameCallback | None = None, rcvhwm: int = RCVHWM,
+              on_wait: Callable[[float], None] | None = None) -> SubscribeReport:
     """Receive frames (and events) from a streamd publisher until `frames` arrived or `timeout_s` passed idle.
 
     - `stream`: receive that stream only (subscribes to `frames/<stream>` and drops the other streams that
@@ -281,7 +283,9 @@ def subscribe(endpoint: str, stream: str | None = None, frames: int | None = Non
     - `frames`: stop after this many accepted frames; None: until idle.
     - `output`: write the frames to this MP4 (H.264, frame rate from the first header's `fps`, else 15).
     - `png_dir`: write `frame_000000.png`, `frame_000001.png`, ... (lossless: the exact received pixels).
-    - `timeout_s`: stop once no message at all arrived for this long.
+    - `timeout_s`: stop once no message at all arrived for this long; None (the default) waits as long as it
+      takes: a real model's first chunk, or the gap between two chunks, can take minutes.
+    - `on_wait(seconds)`: called every WAIT_NOTICE_S while no frame has arrived yet, with the time waited.
     - `curve_client`: `CurveClientKeys(secret_key_file, public_key_file, server_public_key_file)`, to connect
       to a CURVE publisher.
     - `on_frame(header, pixels)`: called for each accepted frame; `pixels` is a read-only view valid only
@@ -293,8 +297,8 @@ def subscribe(endpoint: str, stream: str | None = None, frames: int | None = Non
     """
     if frames is not None and frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
-    if not (timeout_s > 0 and math.isfinite(timeout_s)):
-        raise ValueError(f"timeout_s must be a positive number, got {timeout_s}")
+    if timeout_s is not None and not (timeout_s > 0 and math.isfinite(timeout_s)):
+        raise ValueError(f"timeout_s must be a positive number or None, got {timeout_s}")
     if rcvhwm < 1:
         raise ValueError(f"rcvhwm must be at least 1, got {rcvhwm}")
     keys = _load_client_keys(curve_client) if curve_client is not None else None
@@ -320,16 +324,22 @@ def subscribe(endpoint: str, stream: str | None = None, frames: int | None = Non
         sock.connect(endpoint)
         sock.setsockopt(zmq.SUBSCRIBE, receiver.wanted if receiver.wanted is not None else _FRAMES_PREFIX)
         sock.setsockopt(zmq.SUBSCRIBE, EVENTS_TOPIC)
-        idle_until = time.monotonic() + timeout_s
+        idle_limit = math.inf if timeout_s is None else timeout_s
+        idle_until = time.monotonic() + idle_limit
+        next_notice = started + WAIT_NOTICE_S
         while frames is None or report.frames < frames:
-            remaining = idle_until - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= idle_until:
                 report.timed_out = True
                 break
-            if not sock.poll(max(1, math.ceil(remaining * 1000)), zmq.POLLIN):
+            if on_wait is not None and report.frames == 0 and now >= next_notice:
+                on_wait(now - started)
+                next_notice += WAIT_NOTICE_S
+            wait_s = min(idle_until, next_notice) - now
+            if not sock.poll(max(1, math.ceil(min(wait_s, WAIT_NOTICE_S) * 1000)), zmq.POLLIN):
                 continue
             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            idle_until = time.monotonic() + timeout_s
+            idle_until = time.monotonic() + idle_limit
             receiver.handle(parts)
     except KeyboardInterrupt:
         report.interrupted = True  # a command-line user stopping the recording: still finish the files

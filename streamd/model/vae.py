@@ -142,7 +142,11 @@ class WanVAECodec:
         """Wrap an already built ``AutoencoderKLWan``; moves it to ``device``/``dtype`` and into eval mode."""
         self.device: torch.device = torch.device(device)
         self.dtype: torch.dtype = dtype
-        self.vae = vae.to(device=self.device, dtype=dtype).eval()
+        # Cast only when the dtype differs: `from_pretrained` already loaded in `dtype` (diffusers' own way, which
+        # keeps the modules a model marks as float32 in float32), and a needless `.to(dtype)` makes diffusers warn.
+        if vae.dtype != dtype:
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.to(device=self.device).eval()
         config = vae.config
         self.latent_channels: int = int(getattr(config, "z_dim", LATENT_CHANNELS))
         self.temporal_factor: int = int(getattr(config, "scale_factor_temporal", None) or TEMPORAL_FACTOR)

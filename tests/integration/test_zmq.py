@@ -521,3 +521,29 @@ def test_subscriber_counts_invalid_unsupported_gaps_and_restarts() -> None:
     assert report.invalid == 5 and report.unsupported == 1
     assert [(e.event, e.stream, e.reason) for e in report.events] == [("session-ended", "x", "peer-closed")]
     assert report.timed_out and report.latency_s == []
+
+
+def test_subscriber_waits_for_a_slow_first_frame_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No idle limit by default: a real model's first chunk takes longer than any fixed limit; meanwhile the
+    caller hears how long it has waited."""
+    import streamd.clients.subscribe as subscribe_module
+    from streamd.cli import build_parser
+
+    assert build_parser().parse_args(["subscribe"]).timeout is None
+    monkeypatch.setattr(subscribe_module, "WAIT_NOTICE_S", 0.2)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    port = pub.bind_to_random_port(f"tcp://{LOOPBACK}")
+    waited: list[float] = []
+    try:
+        reader = SubscriberThread(f"tcp://{LOOPBACK}:{port}", frames=1, on_wait=waited.append)
+        pub.recv()  # the subscription
+        time.sleep(1.5)  # far longer than one notice period: the subscriber must not give up
+        header = FrameHeader(stream="slow", seq=0, width=2, height=2, pts_ns=0, chunk=0, source="live")
+        pub.send_multipart(encode_frame(header, bytes(12)))
+        reader.thread.join(10)
+    finally:
+        pub.close(linger=0)
+    assert reader.error is None and (report := reader.result) is not None
+    assert report.frames == 1 and not report.timed_out
+    assert len(waited) >= 4 and waited == sorted(waited) and waited[0] >= 0.2

@@ -182,6 +182,23 @@ def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_wan_codec_loads_without_a_warning(wan_dir: Path, dtype: torch.dtype, capfd: pytest.CaptureFixture[str],
+                                           caplog: pytest.LogCaptureFixture,
+                                           recwarn: pytest.WarningsRecorder) -> None:
+    """A normal load says nothing: diffusers finds accelerate (low host memory) and no needless dtype cast."""
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_warning()
+    capfd.readouterr()
+    codec = WanVAECodec.from_pretrained(wan_dir, "cpu", dtype)
+    assert codec.vae.dtype == dtype
+    err = capfd.readouterr().err
+    assert "accelerate" not in err and "float32" not in err, err
+    assert not [r for r in caplog.records if r.name.startswith("diffusers") and r.levelno >= 30], caplog.text
+    assert not [w for w in recwarn if "diffusers" in str(w.filename)], [str(w.message) for w in recwarn]
+
+
 def test_wan_codec_shapes(wan_dir: Path) -> None:
     codec = WanVAECodec.from_pretrained(wan_dir, "cpu", torch.float32)
     assert isinstance(codec, VideoCodec)
