@@ -41,12 +41,17 @@ class EngineCore:
     """Scheduler + executor. `step()` runs on one thread; the stream methods may be called from any thread."""
 
     def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig | None = None,
-                 ranks: RankGroup | None = None) -> None:
-        """`ranks`: worker ranks of a context-parallel group (connected, see ranks.py); None for one process."""
+                 ranks: RankGroup | None = None, budget: int | None = None) -> None:
+        """`ranks`: worker ranks of a context-parallel group (connected, see ranks.py); None for one process.
+
+        Streams are admitted from `engine.memory_budget_bytes` when set, else from `budget` (the daemon passes its
+        memory plan's stream budget), else from the executor's default budget (measured after loading).
+        """
         self.pipeline = pipeline
         self.config = config or EngineConfig()
         self.executor = Executor(pipeline, self.config, ranks)
-        budget = MemoryBudget(self.config.memory_budget_bytes or self.executor.default_budget())
+        budget = MemoryBudget(self.config.memory_budget_bytes or (budget if budget is not None and budget > 0 else None)
+                              or self.executor.default_budget())
         self.scheduler: Scheduler[np.ndarray] = Scheduler(
             self.config, budget, spatial_multiple=pipeline.spatial_multiple,
             temporal_factor=pipeline.codec.temporal_factor)

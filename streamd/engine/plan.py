@@ -108,7 +108,7 @@ class PlanSettings:
     """The choices a plan is made for. Validated on construction."""
 
     capacity: int  # bytes of memory per rank (GPU memory, or host RAM on CPU)
-    device: str = "cuda"  # cuda or cpu
+    device: str = "cuda"  # cuda or cpu (on the CPU every rank shares the host: give each its share)
     ranks: int = 1  # context-parallel group size
     weights: str = "bf16"
     shard_weights: str = "auto"
@@ -134,8 +134,6 @@ class PlanSettings:
             raise ValueError(f"text_encoder must be one of {', '.join(TEXT_PLACES)}, got {self.text_encoder!r}")
         if self.max_streams < 1 or self.cond_latents < 1 or self.chunk_latents < 1:
             raise ValueError("max_streams, cond_latents and chunk_latents must be at least 1")
-        if self.device == "cpu" and (self.weights != "bf16" or self.ranks > 1 or self.shard_weights == "on"):
-            raise ValueError("on the CPU the plan knows only unquantized, unsharded weights on one rank")
 
     @property
     def itemsize(self) -> int:
@@ -145,6 +143,23 @@ class PlanSettings:
     def replace(self, **changes: Any) -> "PlanSettings":
         """A copy with `changes`."""
         return dataclasses.replace(self, **changes)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """A memory size: an integer of bytes, or a number with a unit (24GiB, 1.5 GB, 512MiB); ValueError else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        raw = str(text).strip().lower().replace(" ", "")
+        number = raw.rstrip("kmgtib")
+        value, unit = float(number) if number else -1.0, raw[len(number):]
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0 or value * _UNITS[unit] < 1:
+        raise ValueError(f"a memory size must be positive, like 24GiB, 80GB or 512MiB, got {text!r}")
+    return int(value * _UNITS[unit])
 
 
 # ---------------------------------------------------------------------------------------------- the terms
@@ -353,7 +368,7 @@ def _plan(shape: ModelShape, s: PlanSettings, text_on_gpu: bool, sharded: bool) 
                                      it, ranks=n),
         codec_peak=codec_peak_bytes(shape, height, width, s.cond_latents, s.chunk_latents, it),
         stream=stream_bytes(shape, height, width, s.cond_latents, s.chunk_latents, it, s.device, n,
-                            text_on_dit_device=text_on_gpu or shape.text_embedded or s.device == "cpu"),
+                            text_on_dit_device=s.device == "cpu" or (text_on_gpu and not shape.text_embedded)),
         usable=usable_bytes(s.capacity, s.device),
     )
 
@@ -473,7 +488,7 @@ def describe(plan: MemoryPlan, fix: Fix | None = None) -> str:
     lines = [
         f"memory plan: {plan.model} at {plan.width}x{plan.height}, {s.ranks} rank{'s' * (s.ranks > 1)} "
         f"({'rank 0, the fullest' if s.ranks > 1 else 'one process'}), {where} {s.capacity / GiB:.2f} GiB",
-        f"  DiT weights ({s.weights}{', sharded' if plan.sharded else ''}) {g(plan.dit_weights)}",
+        f"  DiT weights ({s.weights if s.device == 'cuda' else 'fp32'}{', sharded' if plan.sharded else ''}) {g(plan.dit_weights)}",
         f"  text encoder ({'gpu' if plan.text_on_gpu else 'cpu'})" + " " * 12 + g(plan.text_encoder)
         + (f"   (+{plan.text_encoder_host / GiB:.2f} GiB host RAM)" if plan.text_encoder_host else ""),
         f"  VAE weights                    {g(plan.vae_weights)}",
@@ -508,3 +523,15 @@ def refusal(plan: MemoryPlan, fix: Fix | None) -> str:
            else "no change the plan knows makes it fit")
     return (f"the memory plan does not fit: {plan.total / GiB:.2f} GiB needed, {plan.usable / GiB:.2f} GiB usable "
             f"(short by {short:.2f} GiB); {how}. See `streamd plan` for the table.")
+
+
+def fix_json(fix: Fix | None) -> dict[str, Any] | None:
+    """The fix as JSON values: the changes, the settings they give, and the plan under them."""
+    if fix is None:
+        return None
+    s = fix.settings
+    return {"changes": list(fix.changes),
+            "settings": {"ranks": s.ranks, "weights": s.weights, "shard_weights": s.shard_weights,
+                         "text_encoder": s.text_encoder, "height": fix.plan.height, "width": fix.plan.width,
+                         "max_streams": s.max_streams},
+            "plan": fix.plan.as_json()}

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..engine.plan import MemoryPlan, ModelShape, PlanError, PlanSettings, cheapest_fix, make_plan, refusal
+from ..engine.plan import (MemoryPlan, ModelShape, PlanError, PlanSettings, cheapest_fix, make_plan, parse_bytes,
+                           refusal)
 from .config import DiTConfig
 from .loading import CheckpointError
 from .presets import LONGCAT_PRESET, PRESETS, Preset
@@ -133,23 +134,38 @@ def device_capacity(device: str) -> int:
 UNSUPPORTED_WEIGHTS = {"int8": "int8 weights", "fp8": "fp8 weights"}
 
 
-def plan_before_loading(spec: str | Path, device: str, settings: PlanSettings) -> MemoryPlan:
-    """The plan of a run, checked before any weight loads: PlanError (with the cheapest fix) when it does not
-    fit, or when it needs what this version cannot run yet (int8/fp8 weights, sharded weights)."""
+def run_plan(spec: str | Path, device: str | None, *, ranks: int = 1, max_streams: int = 1, weights: str = "bf16",
+             text_encoder: str = "auto", shard_weights: str = "auto", gpu_memory: str | int | None = None,
+             cond_latents: int = 4, chunk_latents: int = 4) -> MemoryPlan:
+    """The plan of a run (`serve`, `continue`), checked before any weight loads.
+
+    `device` None: cuda when available. The capacity is `gpu_memory`, else `device_capacity` (on the CPU shared by
+    the ranks). Raises PlanError (with the cheapest fix) when the plan does not fit, or when it needs what this
+    version cannot run yet: int8/fp8 weights, sharded weights.
+    """
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    capacity = parse_bytes(gpu_memory) if gpu_memory is not None else device_capacity(device) // (
+        ranks if kind == "cpu" else 1)
+    settings = PlanSettings(capacity=capacity, device=kind, ranks=ranks, weights=weights,
+                            shard_weights=shard_weights, text_encoder=text_encoder, max_streams=max_streams,
+                            cond_latents=cond_latents, chunk_latents=chunk_latents)
     shape = model_shape(spec)
     plan = make_plan(shape, settings)
     if not plan.fits:
         raise PlanError(refusal(plan, cheapest_fix(shape, settings)))
-    if settings.weights in UNSUPPORTED_WEIGHTS:
-        raise PlanError(f"{UNSUPPORTED_WEIGHTS[settings.weights]} are planned for but not implemented yet: "
-                        "run with --weights bf16 (the plan shows whether it fits)")
+    if weights in UNSUPPORTED_WEIGHTS:
+        raise PlanError(f"{UNSUPPORTED_WEIGHTS[weights]} are planned for but not implemented yet: run with "
+                        "--weights bf16 (`streamd plan` shows whether that fits)")
     if plan.sharded:
-        raise PlanError("the plan needs the DiT's weights sharded over the context-parallel group, which is "
-                        "planned for but not implemented yet" + (" (--shard-weights on)" if
-                                                                 settings.shard_weights == "on" else ""))
+        raise PlanError("the plan needs the DiT's weights sharded over the context-parallel group, which is planned "
+                        "for but not implemented yet" + (" (--shard-weights on)" if shard_weights == "on" else ""))
     return plan
 
 
 __all__ = ["PUBLISHED", "PUBLISHED_NAME", "UNSUPPORTED_WEIGHTS", "bundle_shape", "checkpoint_shape",
-           "device_capacity", "plan_before_loading", "model_shape", "preset_shape",
+           "device_capacity", "run_plan", "model_shape", "preset_shape",
            "umt5_params", "wan_vae_params"]
