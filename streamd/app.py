@@ -33,7 +33,7 @@ from .edges.webrtc import restrict_host_addresses
 from .edges.whep import WhepEndpoint
 from .edges.whip import WhipEndpoint
 from .edges.zmq import CurveConfig, FramePublisher
-from .engine.core import ChunkOutput, EngineCore, StepOutcome
+from .engine.core import ChunkOutput, EngineCore, StepOutcome, StreamFailure
 from .engine.ranks import RankGroup, start_group
 from .engine.runner import EngineRunner
 from .model.shape import run_plan
@@ -70,6 +70,7 @@ class Daemon:
         self._signals = 0
         self.ranks: RankGroup | None = None  # worker ranks of a context-parallel engine
         self.rank_failure: str | None = None  # why the rank group broke (the daemon then exits non-zero)
+        self._closing: set[asyncio.Task[None]] = set()  # sessions being ended by the engine (bounded by streams)
 
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
@@ -237,6 +238,15 @@ class Daemon:
             self.publisher.publish_event("drops", stream_id, dropped=frames, reason="output-full")
             self._mqtt_event("drops", stream_id, dropped=frames, reason="output-full")
 
+    def _stream_failed(self, failure: StreamFailure) -> None:
+        """The engine ended a stream (its step ran out of memory; its buffers are already freed): end its session,
+        which publishes `session-ended` with the failure's reason. Every other stream goes on."""
+        session = self.whip.session_for(failure.stream_id) if self.whip else None
+        if session is not None:
+            task = asyncio.create_task(session.close(failure.reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def _push_frame(self, stream_id: str, frame: Any) -> None:
         assert self.runner is not None
         self.metrics.frames_received.inc()
@@ -302,6 +312,7 @@ class Daemon:
         runner.on_chunk = observe_chunk
         runner.on_step = observe_step
         runner.on_output_drop = self._output_dropped
+        runner.on_stream_failed = self._stream_failed
         z = cfg.zmq
         curve = (CurveConfig(z.curve_secret_key, z.curve_public_key, z.curve_allowed_clients)
                  if z.curve_secret_key and z.curve_public_key and z.curve_allowed_clients else None)

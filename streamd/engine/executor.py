@@ -143,6 +143,12 @@ class Executor:
         self._chunks.pop(stream_id, None)
         self._latents.pop(stream_id, None)
 
+    def free_cached_memory(self) -> None:
+        """After a stream's buffers were dropped for running out of memory: hand the CUDA allocator's cached blocks
+        back, so the next allocation (of any stream) starts from what is really free."""
+        if self.pipeline.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def holds(self, stream_id: str) -> bool:
         """Whether the stream has buffers or a chunk here (for tests of release)."""
         return stream_id in self._caches or stream_id in self._chunks or stream_id in self._latents
