@@ -33,9 +33,10 @@ from .edges.webrtc import restrict_host_addresses
 from .edges.whep import WhepEndpoint
 from .edges.whip import WhipEndpoint
 from .edges.zmq import CurveConfig, FramePublisher
-from .engine.core import ChunkOutput, EngineCore, StepOutcome
+from .engine.core import ChunkOutput, EngineCore, StepOutcome, StreamFailure
 from .engine.ranks import RankGroup, start_group
 from .engine.runner import EngineRunner
+from .model.shape import run_plan
 from .pipeline import ContinuationPipeline
 
 log = logging.getLogger("streamd")
@@ -69,6 +70,7 @@ class Daemon:
         self._signals = 0
         self.ranks: RankGroup | None = None  # worker ranks of a context-parallel engine
         self.rank_failure: str | None = None  # why the rank group broke (the daemon then exits non-zero)
+        self._closing: set[asyncio.Task[None]] = set()  # sessions being ended by the engine (bounded by streams)
 
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
@@ -236,6 +238,15 @@ class Daemon:
             self.publisher.publish_event("drops", stream_id, dropped=frames, reason="output-full")
             self._mqtt_event("drops", stream_id, dropped=frames, reason="output-full")
 
+    def _stream_failed(self, failure: StreamFailure) -> None:
+        """The engine ended a stream (its step ran out of memory; its buffers are already freed): end its session,
+        which publishes `session-ended` with the failure's reason. Every other stream goes on."""
+        session = self.whip.session_for(failure.stream_id) if self.whip else None
+        if session is not None:
+            task = asyncio.create_task(session.close(failure.reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def _push_frame(self, stream_id: str, frame: Any) -> None:
         assert self.runner is not None
         self.metrics.frames_received.inc()
@@ -262,6 +273,15 @@ class Daemon:
             self.mqtt.set_state("starting")
             self._mqtt_task = asyncio.create_task(self.mqtt.run())
         started = time.perf_counter()
+        # the memory plan first: a daemon that cannot fit is refused (PlanError, with the cheapest fix) before a
+        # single weight loads; its stream budget is what admission admits streams from
+        m = cfg.model
+        plan = await asyncio.to_thread(
+            run_plan, m.spec, m.device, ranks=cfg.engine.context_parallel, max_streams=cfg.engine.max_streams,
+            weights=m.weights, text_encoder=m.text_encoder, shard_weights=m.shard_weights, gpu_memory=m.gpu_memory,
+            cond_latents=cfg.engine.cond_latents, chunk_latents=cfg.engine.chunk_latents)
+        log.info("memory plan: %.2f GiB of %.2f GiB usable per rank, %d stream(s) fit (text encoder on the %s)",
+                 plan.total / 2**30, plan.usable / 2**30, plan.streams_that_fit, "GPU" if plan.text_on_gpu else "CPU")
         if cfg.engine.context_parallel > 1:  # the workers load their DiT while this process loads the model
             self.ranks = start_group(cfg.engine.context_parallel, str(cfg.model.spec), cfg.model.device,
                                      cfg.engine.collective_timeout_s, cfg.model.distilled)
@@ -270,7 +290,8 @@ class Daemon:
             self.ranks.on_failure = lambda reason: loop.call_soon_threadsafe(self._ranks_failed, reason)
         log.info("loading model %s", cfg.model.spec)
         self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device,
-                                                distilled=cfg.model.distilled)
+                                                distilled=cfg.model.distilled,
+                                                text_device=None if plan.text_on_gpu else "cpu")
         if self.ranks is not None:
             await asyncio.to_thread(self.ranks.connect, self.pipeline.dit)
         bundle = self.pipeline.bundle
@@ -278,7 +299,7 @@ class Daemon:
                  self.pipeline.device, bundle.description,
                  "" if bundle.trained else " -- random weights: output is structured noise")
         e = cfg.engine
-        core = EngineCore(self.pipeline, e, ranks=self.ranks)
+        core = EngineCore(self.pipeline, e, ranks=self.ranks, budget=plan.stream_budget)
         warm = await asyncio.to_thread(core.executor.warm_up)
         log.info("warm-up step at %dx%d took %.2f s", bundle.width, bundle.height, warm)
         runner = EngineRunner(core, output_capacity=e.output_queue)
@@ -293,6 +314,7 @@ class Daemon:
         runner.on_chunk = observe_chunk
         runner.on_step = observe_step
         runner.on_output_drop = self._output_dropped
+        runner.on_stream_failed = self._stream_failed
         z = cfg.zmq
         curve = (CurveConfig(z.curve_secret_key, z.curve_public_key, z.curve_allowed_clients)
                  if z.curve_secret_key and z.curve_public_key and z.curve_allowed_clients else None)

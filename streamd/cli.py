@@ -1,4 +1,4 @@
-"""The `streamd` command: continue, demo, train, serve, send, subscribe, bench."""
+"""The `streamd` command: continue, plan, demo, train, serve, send, subscribe, bench."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def _add_cp_arg(p: argparse.ArgumentParser) -> None:
                    help="split each denoising step over N ranks on this host (one GPU each; N divides the heads)")
 
 
+def _add_memory_args(p: argparse.ArgumentParser, plan: bool = False) -> None:
+    """The memory plan's settings (model.weights, model.text_encoder, model.shard_weights, model.gpu_memory)."""
+    default = "bf16" if plan else None
+    p.add_argument("--weights", choices=["bf16", "int8", "fp8"], default=default,
+                   help="DiT weight format (int8/fp8: planned, not yet runnable)")
+    p.add_argument("--text-encoder", choices=["auto", "gpu", "cpu"], default="auto" if plan else None,
+                   help="where the text encoder lives (auto: the GPU when the plan fits so)")
+    p.add_argument("--shard-weights", choices=["auto", "on", "off"], default="auto" if plan else None,
+                   help="shard the DiT over the context-parallel group (planned, not yet runnable)")
+    p.add_argument("--gpu-memory", metavar="SIZE",
+                   help="memory per rank the plan may use, e.g. 24GiB (default: free memory at start)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="streamd", description="Live streaming video continuation (LongCat-Video)")
@@ -49,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=_positive_int, default=2, help="segments to generate")
     _add_sampling_args(p)
     _add_cp_arg(p)
+    _add_memory_args(p)
+
+    p = sub.add_parser("plan", help="the memory plan: what each rank holds, whether it fits, the cheapest fix")
+    p.add_argument("--model", default="tiny",
+                   help="embedded model, longcat-video (the published checkpoint's configs) or a checkpoint folder")
+    _add_cp_arg(p)
+    _add_memory_args(p, plan=True)
+    p.add_argument("--height", type=_positive_int, help="working height (default: the model's)")
+    p.add_argument("--width", type=_positive_int, help="working width (default: the model's)")
+    p.add_argument("--max-streams", type=_positive_int, default=1, help="streams that must fit (default 1)")
+    p.add_argument("--device", choices=["cuda", "cpu"],
+                   help="plan for a GPU (bf16) or the CPU (fp32, host RAM); default: cuda with --gpu-memory or a "
+                        "GPU here, else cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("demo", help="run the daemon, send video over WHIP, receive the generated video over ZeroMQ")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
@@ -86,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="instance name (default: the host name)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     _add_cp_arg(p)
+    _add_memory_args(p)
 
     p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
     p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
@@ -160,14 +188,14 @@ def _progress_bar(total_label: str):  # -> (callback, close)
     return update, bar.close
 
 
-def _pipeline_and_params(args: argparse.Namespace):
+def _pipeline_and_params(args: argparse.Namespace, text_device: str | None = None):
     import torch
 
     from .engine.params import StreamParams
     from .pipeline import ContinuationPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = ContinuationPipeline.from_spec(args.model, device=device)
+    pipeline = ContinuationPipeline.from_spec(args.model, device=device, text_device=text_device)
     params = StreamParams(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                           steps=args.steps, schedule=args.schedule, seed=args.seed)
     return pipeline, params
@@ -183,14 +211,20 @@ def _describe(pipeline) -> str:
 def cmd_continue(args: argparse.Namespace) -> int:
     """`streamd continue`: long-video continuation of a file."""
     from .longvideo import continue_file
+    from .model.shape import run_plan
 
+    # the plan first: a run that cannot fit is refused before a single weight loads (one stream here)
+    plan = run_plan(args.model, args.device, ranks=args.context_parallel or 1, max_streams=1,
+                    weights=args.weights or "bf16", text_encoder=args.text_encoder or "auto",
+                    shard_weights=args.shard_weights or "auto", gpu_memory=args.gpu_memory,
+                    chunk_latents=args.chunk_latents)
     ranks = None
     if (args.context_parallel or 1) > 1:  # the workers load their DiT while this process loads the model
         from .engine.ranks import RankGroup
 
         ranks = RankGroup.launch(args.context_parallel, args.model, args.device)
     try:
-        pipeline, params = _pipeline_and_params(args)
+        pipeline, params = _pipeline_and_params(args, text_device=None if plan.text_on_gpu else "cpu")
         if ranks is not None:
             ranks.connect(pipeline.dit)
         print(_describe(pipeline), file=sys.stderr)
@@ -332,6 +366,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`streamd plan`: the memory plan from the model's configs alone (no weight is read); exit 0 when it fits,
+    1 when it does not (the cheapest fix is printed)."""
+    from .engine.plan import PlanSettings, cheapest_fix, describe, fix_json, make_plan, parse_bytes
+    from .model.shape import device_capacity, model_shape
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if args.gpu_memory is not None or torch.cuda.is_available() else "cpu"
+    ranks = args.context_parallel or 1
+    capacity = (parse_bytes(args.gpu_memory) if args.gpu_memory is not None
+                else device_capacity(device) // (ranks if device == "cpu" else 1))
+    shape = model_shape(args.model)
+    settings = PlanSettings(capacity=capacity, device=device, ranks=ranks, weights=args.weights,
+                            shard_weights=args.shard_weights, text_encoder=args.text_encoder, height=args.height,
+                            width=args.width, max_streams=args.max_streams)
+    plan = make_plan(shape, settings)
+    fix = None if plan.fits else cheapest_fix(shape, settings)
+    if args.json:
+        print(json.dumps({"plan": plan.as_json(), "fix": fix_json(fix)}, indent=2))
+    else:
+        print(describe(plan, fix))
+    return 0 if plan.fits else 1
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -353,6 +414,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
         "mqtt.broker": args.mqtt, "mqtt.prefix": args.mqtt_prefix, "instance": args.instance,
         "log_level": args.log_level, "engine.context_parallel": args.context_parallel,
+        "model.weights": args.weights, "model.text_encoder": args.text_encoder,
+        "model.shard_weights": args.shard_weights, "model.gpu_memory": args.gpu_memory,
     }
     if args.http:
         overrides["http.host"], overrides["http.port"] = _host_port(args.http)
@@ -406,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # ICE and RTP libraries log every candidate pair at INFO
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    handlers = {"continue": cmd_continue, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench,
+    handlers = {"continue": cmd_continue, "plan": cmd_plan, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench,
                 "serve": cmd_serve, "send": cmd_send, "subscribe": cmd_subscribe}
     try:
         return handlers[args.command](args)

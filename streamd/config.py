@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .engine.params import EngineConfig
+from .engine.plan import SHARD_MODES, TEXT_PLACES, WEIGHT_FORMATS, parse_bytes
 from .errors import ConfigError
 
 ENV_PREFIX = "STREAMD_"
@@ -40,6 +41,28 @@ class ModelSettings:
     spec: str = "tiny"  # embedded preset name or checkpoint folder
     device: str | None = None  # cpu, cuda, cuda:1; None: cuda when available
     distilled: bool | None = None  # checkpoint: merge the distilled LoRA (None: when present)
+    # The memory plan (engine/plan.py) accounts for these; `serve` refuses int8/fp8 and sharding until they exist.
+    weights: str = "bf16"  # bf16 | int8 | fp8: the DiT blocks' linear weights
+    text_encoder: str = "auto"  # auto | gpu | cpu: where the text encoder lives (auto: the GPU when it fits)
+    shard_weights: str = "auto"  # auto | on | off: shard the DiT over the context-parallel group
+    gpu_memory: str | None = None  # memory per rank the plan may use, e.g. "24GiB"; None: free memory at start
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("weights", WEIGHT_FORMATS), ("text_encoder", TEXT_PLACES),
+                              ("shard_weights", SHARD_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config: model.{name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.gpu_memory is not None:
+            try:
+                parse_bytes(self.gpu_memory)
+            except ValueError as exc:
+                raise ConfigError(f"config: model.gpu_memory: {exc}") from None
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        """`gpu_memory` in bytes (validated at construction)."""
+        return None if self.gpu_memory is None else parse_bytes(self.gpu_memory)
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,19 @@ thread, without waiting for a step.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..pipeline import ContinuationPipeline, ProgressFn
 from .executor import Executor
-from .memory import MemoryBudget
+from .memory import MemoryBudget, is_out_of_memory
 from .params import EngineConfig, StreamParams
 from .ranks import RankGroup
 from .scheduler import ChunkDone, Scheduler, StepPlan, StepResult
 
+OUT_OF_MEMORY = "out-of-memory"  # the session-ended reason of a stream whose step ran out of memory
 MAX_FRAME_SIDE = 4096  # larger input frames are refused rather than resized (a 16K frame is a mistake or abuse)
 
 ChunkOutput = ChunkDone[np.ndarray]
@@ -29,24 +31,43 @@ class FrameError(ValueError):
 
 
 @dataclass(frozen=True)
+class StreamFailure:
+    """A stream the engine ended because its step failed in a way that is its own (memory ran out)."""
+
+    stream_id: str
+    reason: str  # "out-of-memory"
+    message: str
+
+
+@dataclass(frozen=True)
 class StepOutcome:
-    """What one `step()` did: the step it ran, how it went, and the chunk it finished (if any)."""
+    """What one `step()` did: the step it ran, how it went, and the chunk it finished (if any).
+
+    `failure`: the step ran out of memory and its stream was ended (its buffers freed); `result` then carries
+    the step's time and no frames, and `chunk` is None.
+    """
 
     plan: StepPlan[np.ndarray]
     result: StepResult
     chunk: ChunkOutput | None
+    failure: StreamFailure | None = None
 
 
 class EngineCore:
     """Scheduler + executor. `step()` runs on one thread; the stream methods may be called from any thread."""
 
     def __init__(self, pipeline: ContinuationPipeline, config: EngineConfig | None = None,
-                 ranks: RankGroup | None = None) -> None:
-        """`ranks`: worker ranks of a context-parallel group (connected, see ranks.py); None for one process."""
+                 ranks: RankGroup | None = None, budget: int | None = None) -> None:
+        """`ranks`: worker ranks of a context-parallel group (connected, see ranks.py); None for one process.
+
+        Streams are admitted from `engine.memory_budget_bytes` when set, else from `budget` (the daemon passes its
+        memory plan's stream budget), else from the executor's default budget (measured after loading).
+        """
         self.pipeline = pipeline
         self.config = config or EngineConfig()
         self.executor = Executor(pipeline, self.config, ranks)
-        budget = MemoryBudget(self.config.memory_budget_bytes or self.executor.default_budget())
+        budget = MemoryBudget(self.config.memory_budget_bytes or (budget if budget is not None and budget > 0 else None)
+                              or self.executor.default_budget())
         self.scheduler: Scheduler[np.ndarray] = Scheduler(
             self.config, budget, spatial_multiple=pipeline.spatial_multiple,
             temporal_factor=pipeline.codec.temporal_factor)
@@ -92,14 +113,34 @@ class EngineCore:
 
     # ------------------------------------------------------------------------------------------ stepping
     def step(self) -> StepOutcome | None:
-        """Run the next denoising step of the stream that needs it most; None when no stream can run now."""
+        """Run the next denoising step of the stream that needs it most; None when no stream can run now.
+
+        A step that runs out of memory (its chunk's start: KV allocation, encode, prefill; a step; the decode) ends
+        its stream alone: see StepOutcome.failure. Any other error, and any error under context parallelism,
+        propagates.
+        """
         for stream_id in self.scheduler.take_released():
             self.executor.release(stream_id)
         plan = self.scheduler.next_step()
         if plan is None:
             self.executor.idle()
             return None
-        result = self.executor.run(plan)
+        started = time.perf_counter()
+        try:
+            result = self.executor.run(plan)
+        except Exception as exc:
+            # Out of memory is one stream's problem on one process: end that stream, free what it holds, and let
+            # every other stream go on. Under context parallelism the ranks may disagree on whether the step
+            # failed, so the group fails as a whole (the executor already told the workers): re-raise.
+            if self.executor.ranks is not None or not is_out_of_memory(exc):
+                raise
+            failure = StreamFailure(plan.stream_id, OUT_OF_MEMORY, f"{type(exc).__name__}: {exc}")
+            del exc  # its traceback holds the failed step's frames, and with them their tensors
+            self.scheduler.remove_stream(plan.stream_id)
+            for stream_id in self.scheduler.take_released():
+                self.executor.release(stream_id)
+            self.executor.free_cached_memory()
+            return StepOutcome(plan, StepResult(0, time.perf_counter() - started), None, failure)
         return StepOutcome(plan, result, self.scheduler.commit(plan, result))
 
     def run_chunk(self, progress: ProgressFn | None = None) -> ChunkOutput | None:
@@ -113,4 +154,4 @@ class EngineCore:
             if outcome.chunk is not None:
                 return outcome.chunk
 
-__all__ = ["ChunkOutput", "EngineCore", "FrameError", "StepOutcome"]
+__all__ = ["OUT_OF_MEMORY", "ChunkOutput", "EngineCore", "FrameError", "StepOutcome", "StreamFailure"]

@@ -24,15 +24,16 @@ import numpy as np
 import torch
 
 from ..model.kvcache import KVCache
+from ..model.shape import bundle_shape
 from ..pipeline import ChunkParams, ContinuationPipeline, DenoiseState
-from .memory import StreamFootprint, available_ram
+from .memory import available_ram
+from .plan import StreamBytes, activation_bytes, codec_peak_bytes, stream_bytes, usable_bytes
 from .params import EngineConfig, StreamParams
 from .ranks import RankGroup
 from .scheduler import StepPlan, StepResult
 from .window import Chaining, Source, cond_frames_for
 
 
-GUIDANCE_BATCH = 2  # [uncond ; cond] with classifier-free guidance
 WARM_UP_STREAM = "\0warm-up"  # the warm-up step's stream id (no client can name a stream so)
 
 
@@ -66,46 +67,50 @@ class Executor:
         self.patch = dit.config.patch_size
         self.text_tokens = pipeline.text.encoder.max_length
         self.height, self.width = bundle.height, bundle.width
+        self.shape = bundle_shape(bundle)  # the plan's view of the model (configs only)
         self._caches: dict[str, KVCache] = {}
         self._chunks: dict[str, _Chunk] = {}
         self._latents: dict[str, _Latents] = {}
 
     # ------------------------------------------------------------------------------------------ memory numbers
+    # Every number comes from engine/plan.py, the arithmetic `streamd plan` and the refusal before loading use.
+    @property
+    def itemsize(self) -> int:
+        """Bytes per value of the DiT's compute dtype."""
+        return torch.empty((), dtype=self.pipeline.dit.dtype).element_size()
+
+    @property
+    def world(self) -> int:
+        """Ranks of the context-parallel group (1 without one)."""
+        return self.ranks.world if self.ranks is not None else 1
+
     def tokens_per_frame(self, height: int, width: int) -> int:
         """DiT tokens of one latent frame at a pixel size."""
-        s = self.spatial_factor
-        return (height // s // self.patch[1]) * (width // s // self.patch[2])
+        return self.shape.tokens_per_frame(height, width)
 
-    def footprint(self, height: int | None = None, width: int | None = None) -> StreamFootprint:
-        """The bytes one stream holds at a size (default: the model's): KV cache, latents, frame windows."""
-        height, width = height or self.height, width or self.width
-        cfg, dit = self.config, self.pipeline.dit
-        tokens = cfg.cond_latents * self.tokens_per_frame(height, width)
-        kv = KVCache.bytes_needed(dit.config, tokens, batch=1, dtype=dit.dtype, heads=dit.kv_heads)
-        s = self.spatial_factor
-        latents = dit.config.in_channels * (cfg.cond_latents + cfg.chunk_latents) * (height // s) * (width // s) * 4
-        frames = 2 * cond_frames_for(cfg.cond_latents, self.temporal_factor) * height * width * 3  # live + own, uint8
-        return StreamFootprint(kv, latents, frames)
+    def footprint(self, height: int | None = None, width: int | None = None) -> StreamBytes:
+        """The bytes one stream holds at a size (default: the model's): KV cache, latents, frame windows, text."""
+        cfg = self.config
+        text_device = getattr(self.pipeline.text.encoder, "device", self.pipeline.device)
+        return stream_bytes(self.shape, height or self.height, width or self.width, cfg.cond_latents,
+                            cfg.chunk_latents, self.itemsize, self.pipeline.device.type, self.world,
+                            text_on_dit_device=torch.device(text_device) == self.pipeline.device)
 
     def activation_reserve(self) -> int:
-        """A generous estimate of one step's transient memory at the model's size (one step runs at a time).
-
-        Per block the largest live tensors are the fused qkv output, the SwiGLU hidden pair and the concatenated
-        K/V of [cache ; noise]; they are freed block by block, so a few blocks' worth is the peak.
-        """
-        cfg, dit = self.config, self.pipeline.dit
-        tokens = (cfg.cond_latents + cfg.chunk_latents) * self.tokens_per_frame(self.height, self.width)
-        c = dit.config
-        per_token = 3 * c.hidden_size + 2 * c.ffn_hidden + 4 * c.hidden_size
-        itemsize = torch.empty((), dtype=dit.dtype).element_size()
-        return 4 * GUIDANCE_BATCH * (tokens + self.text_tokens) * per_token * itemsize
+        """One step's transient memory at the model's size: the larger of the denoising step's activations and
+        the codec's decode peak (plan.activation_bytes, plan.codec_peak_bytes; one step runs at a time)."""
+        cfg, tpf = self.config, self.tokens_per_frame(self.height, self.width)
+        step = activation_bytes(self.pipeline.dit.config, cfg.chunk_latents * tpf, cfg.cond_latents * tpf,
+                                self.text_tokens, self.itemsize, ranks=self.world, cached=cfg.use_kv_cache)
+        return max(step, codec_peak_bytes(self.shape, self.height, self.width, cfg.cond_latents, cfg.chunk_latents,
+                                          self.itemsize))
 
     def default_budget(self) -> int:
-        """Stream memory by default: 90% of free device memory (CUDA) or half the available RAM (CPU), less the
-        activation reserve."""
+        """Stream memory when the daemon's plan did not set it: the memory free now (the model is loaded: its
+        weights are no longer free), less the plan's allocator reserve and the transient reserve."""
         device = self.pipeline.device
-        avail = int(torch.cuda.mem_get_info(device)[0] * 0.9) if device.type == "cuda" else available_ram() // 2
-        return max(avail - self.activation_reserve(), 1)
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
+        return max(usable_bytes(free, device.type) - self.activation_reserve(), 1)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def warm_up(self) -> float:
@@ -137,6 +142,12 @@ class Executor:
         self._caches.pop(stream_id, None)
         self._chunks.pop(stream_id, None)
         self._latents.pop(stream_id, None)
+
+    def free_cached_memory(self) -> None:
+        """After a stream's buffers were dropped for running out of memory: hand the CUDA allocator's cached blocks
+        back, so the next allocation (of any stream) starts from what is really free."""
+        if self.pipeline.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def holds(self, stream_id: str) -> bool:
         """Whether the stream has buffers or a chunk here (for tests of release)."""

@@ -1,34 +1,21 @@
 """Memory admission as numbers (torch-free): what a stream holds, and a fixed budget streams are admitted from.
 
 GPU memory is fixed when a stream starts: its KV cache (sized from the window and the resolution), its latent and
-frame windows. The executor computes a stream's `StreamFootprint` from the model (it knows dtypes and shapes);
+frame windows. The executor computes a stream's bytes with the memory plan's arithmetic (plan.stream_bytes);
 the scheduler admits or refuses streams against the `MemoryBudget` with plain integers, so admission never waits
 for the engine thread. Streams run one denoising step at a time, so one step's activations are reserved once for
 the whole engine (outside the budget).
+
+An out-of-memory error in one stream's step is that stream's problem: `is_out_of_memory` recognises one.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 
 class AdmissionError(RuntimeError):
     """A stream that cannot be admitted (memory, stream limit, duplicate id)."""
-
-
-@dataclass(frozen=True)
-class StreamFootprint:
-    """Bytes a stream holds for its whole life."""
-
-    kv_cache: int
-    latents: int
-    frames: int
-
-    @property
-    def total(self) -> int:
-        """All of the stream's bytes."""
-        return self.kv_cache + self.latents + self.frames
 
 
 class MemoryBudget:
@@ -79,3 +66,12 @@ def available_ram() -> int:
     except OSError:
         pass
     return 4 * 2**30
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says memory ran out: MemoryError (host), torch.OutOfMemoryError (a RuntimeError subclass), or
+    a RuntimeError whose message says "out of memory" (CUDA and CPU allocators before torch had the class)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
+                                              or "out of memory" in str(exc).lower())

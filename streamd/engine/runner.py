@@ -21,7 +21,7 @@ from typing import AsyncIterator, Callable
 import numpy as np
 
 from ..lograte import is_logged
-from .core import ChunkOutput, EngineCore, FrameError, StepOutcome
+from .core import ChunkOutput, EngineCore, FrameError, StepOutcome, StreamFailure
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class EngineRunner:
         self.error: BaseException | None = None
         self.on_step: Callable[[StepOutcome], None] | None = None  # called in the engine thread (metrics)
         self.on_chunk: Callable[[ChunkOutput], None] | None = None  # called in the engine thread (metrics)
+        self.failures: Counter[str] = Counter()  # reason -> streams the engine ended (out-of-memory)
+        # called on the event loop when the engine ended a stream (its step ran out of memory)
+        self.on_stream_failed: Callable[[StreamFailure], None] | None = None
         # called on the event loop with (stream id, frames) when a queued chunk is dropped for a newer one
         self.on_output_drop: Callable[[str, int], None] | None = None
 
@@ -144,6 +147,13 @@ class EngineRunner:
             except asyncio.TimeoutError:
                 pass
 
+    def _stream_failed(self, failure: StreamFailure) -> None:
+        """One stream ended in the engine (it ran out of memory): count it and tell the event loop."""
+        self.failures[failure.reason] += 1
+        log.error("stream %s ended: %s (%s)", failure.stream_id, failure.reason, failure.message)
+        if self._loop is not None and self.on_stream_failed is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.on_stream_failed, failure)
+
     # ------------------------------------------------------------------------------------------ the thread
     def _run(self) -> None:
         try:
@@ -154,6 +164,9 @@ class EngineRunner:
                 if outcome is None:
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
+                    continue
+                if outcome.failure is not None:  # the stream is gone; the others go on
+                    self._stream_failed(outcome.failure)
                     continue
                 self.steps += 1
                 self.last_step_seconds = outcome.result.seconds

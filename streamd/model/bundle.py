@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.plan import PROMPT_CACHE_ENTRIES as PLAN_PROMPT_CACHE_ENTRIES
 from ..sampling import read_shift
 from .config import DiTConfig
 from .dit import LongCatVideoDiT
@@ -30,7 +31,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 DISTILL_LORA = Path("lora") / "cfg_step_lora.safetensors"
 # Prompt embeddings kept per model; a live daemon sees a handful of prompts at a time.
-PROMPT_CACHE_ENTRIES = 64
+PROMPT_CACHE_ENTRIES = PLAN_PROMPT_CACHE_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,13 @@ def load_model(
     device: torch.device | str | None = "cpu",
     dtype: torch.dtype | None = None,
     distilled: bool | None = None,
+    text_device: torch.device | str | None = None,
 ) -> ModelBundle:
     """Load an embedded preset by name or a checkpoint folder.
+
+    `text_device`: where a checkpoint's UMT5 encoder lives (None: with the DiT). On the CPU it encodes there, in
+    the model's dtype, and `begin_denoise` moves the embeddings to the DiT's device; an embedded preset's
+    stand-in encoder always lives on the CPU.
 
     For a checkpoint, `distilled=None` merges the 16-step distilled LoRA when the folder has it (and then
     defaults to its schedule: 16 steps, guidance 1); True requires it; False never merges it.
@@ -97,7 +103,7 @@ def load_model(
     use_lora = lora.is_file() if distilled is None else distilled
     dit = LongCatVideoDiT.from_pretrained(root / "dit", device=device, dtype=dtype,
                                           loras=[(lora, 1.0)] if use_lora else [])
-    text = UMT5TextEncoder.from_pretrained(root, device=device, dtype=dtype)
+    text = UMT5TextEncoder.from_pretrained(root, device=text_device or device, dtype=dtype)
     defaults = SamplingDefaults("distilled", 16, 1.0) if use_lora else SamplingDefaults("enhance_hf", 50, 4.0)
     return ModelBundle(
         name=root.name,
