@@ -17,6 +17,7 @@ from ..pipeline import ContinuationPipeline, ProgressFn
 from .executor import Executor
 from .memory import MemoryBudget, is_out_of_memory
 from .params import EngineConfig, StreamParams
+from .prompts import PromptEncoder
 from .ranks import RankGroup
 from .scheduler import ChunkDone, Scheduler, StepPlan, StepResult
 
@@ -71,6 +72,15 @@ class EngineCore:
         self.scheduler: Scheduler[np.ndarray] = Scheduler(
             self.config, budget, spatial_multiple=pipeline.spatial_multiple,
             temporal_factor=pipeline.codec.temporal_factor)
+        # a chunk starts only once its prompts are encoded, off this thread (see prompts.py)
+        self.prompts = PromptEncoder(pipeline.text, on_ready=self.scheduler.notify)
+        self.scheduler.gate = self._prompts_ready
+
+    def _prompts_ready(self, params: StreamParams) -> bool:
+        """Whether the prompts a chunk with these parameters conditions on are encoded (queues them if not)."""
+        chunk = self.executor.chunk_params(params)
+        prompts = [params.prompt] if chunk.guidance == 1.0 else [params.prompt, chunk.negative_prompt]
+        return self.prompts.ready(prompts)
 
     # ------------------------------------------------------------------------------------------ streams
     def add_stream(self, stream_id: str, params: StreamParams | None = None, height: int | None = None,
@@ -112,8 +122,12 @@ class EngineCore:
         return self.scheduler.reset(stream_id)
 
     # ------------------------------------------------------------------------------------------ stepping
-    def step(self) -> StepOutcome | None:
+    def step(self, wait_for_prompts: bool = True) -> StepOutcome | None:
         """Run the next denoising step of the stream that needs it most; None when no stream can run now.
+
+        A stream whose next chunk's prompt is still being encoded (off this thread, see prompts.py) cannot start
+        it. When no other stream can run either, `wait_for_prompts` waits for the encoding (callers that step on
+        their own: file continuation, benchmarks); the runner passes False and is woken when it is done.
 
         A step that runs out of memory (its chunk's start: KV allocation, encode, prefill; a step; the decode) ends
         its stream alone: see StepOutcome.failure. Any other error, and any error under context parallelism,
@@ -122,6 +136,9 @@ class EngineCore:
         for stream_id in self.scheduler.take_released():
             self.executor.release(stream_id)
         plan = self.scheduler.next_step()
+        while plan is None and wait_for_prompts and self.prompts.busy:
+            self.prompts.wait()
+            plan = self.scheduler.next_step()
         if plan is None:
             self.executor.idle()
             return None

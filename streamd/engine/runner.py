@@ -159,7 +159,7 @@ class EngineRunner:
         try:
             while not self._stop.is_set():
                 self._step_started = time.monotonic()
-                outcome = self.core.step()
+                outcome = self.core.step(wait_for_prompts=False)
                 self._step_started = None
                 if outcome is None:
                     self._wake.wait(IDLE_WAIT_S)

@@ -180,6 +180,9 @@ class Scheduler(Generic[F]):
         self._lock = threading.Lock()
         # called (outside the lock) after every change that may let a stream run: the runner wakes its thread
         self.on_change: Callable[[], None] | None = None
+        # whether a stream may start a chunk with these parameters (their prompts are encoded); None: always.
+        # Called under the lock, so it must not block (engine/prompts.py queues what it lacks and returns).
+        self.gate: Callable[[StreamParams], bool] | None = None
         self._streams: dict[str, StreamState[F]] = {}
         self._released: list[str] = []  # removed streams whose executor state must go (at most one per removal)
         self._steps = 0
@@ -325,7 +328,15 @@ class Scheduler(Generic[F]):
         return ahead <= self.config.max_lead_s
 
     def _runnable(self, state: StreamState[F], now: float) -> bool:
-        return state.active is not None or (state.window.ready() and self._due(state, now))
+        if state.active is not None:
+            return True
+        if not (state.window.ready() and self._due(state, now)):
+            return False
+        return self.gate is None or self.gate(state.pending or state.params)
+
+    def notify(self) -> None:
+        """Something outside the scheduler may let a stream run now (a prompt got encoded): wake the engine."""
+        self._changed()
 
     def next_step(self, now: float | None = None) -> StepPlan[F] | None:
         """The next denoising step to run, or None when no stream can run now.

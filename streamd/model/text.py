@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
@@ -233,30 +234,37 @@ class PromptCache:
         self.hits: int = 0
         self.misses: int = 0
         self._entries: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        # The engine thread reads while the prompt thread (engine/prompts.py) fills; encoding runs outside it.
+        self._lock = threading.Lock()
 
     def get(self, prompt: str) -> tuple[Tensor, Tensor]:
-        """Embeddings ``[1, L, D]`` and mask ``[1, L]`` of ``prompt``, encoding it on a miss."""
-        entry = self._entries.get(prompt)
-        if entry is not None:
-            self.hits += 1
-            self._entries.move_to_end(prompt)
-            return entry
-        self.misses += 1
+        """Embeddings ``[1, L, D]`` and mask ``[1, L]`` of ``prompt``, encoding it on a miss. Thread-safe."""
+        with self._lock:
+            entry = self._entries.get(prompt)
+            if entry is not None:
+                self.hits += 1
+                self._entries.move_to_end(prompt)
+                return entry
+            self.misses += 1
         embeds, mask = self.encoder.encode([prompt])
         entry = (embeds, mask)
-        self._entries[prompt] = entry
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[prompt] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
         return entry
 
     def __contains__(self, prompt: Any) -> bool:
         """Whether ``prompt`` is cached (does not count as a hit or refresh its recency)."""
-        return prompt in self._entries
+        with self._lock:
+            return prompt in self._entries
 
     def __len__(self) -> int:
         """Number of cached prompts (at most ``capacity``)."""
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def clear(self) -> None:
         """Drop every cached prompt (counters are kept)."""
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
