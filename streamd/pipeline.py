@@ -133,10 +133,10 @@ class ContinuationPipeline:
     @classmethod
     def from_spec(
         cls, spec: str | Path = "tiny", device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None,
-        distilled: bool | None = None,
+        distilled: bool | None = None, weights: str = "bf16",
     ) -> "ContinuationPipeline":
-        """Load an embedded preset by name or a checkpoint folder (`distilled`: see `load_model`)."""
-        return cls(load_model(spec, device=device, dtype=dtype, distilled=distilled))
+        """Load an embedded preset by name or a checkpoint folder (`distilled`, `weights`: see `load_model`)."""
+        return cls(load_model(spec, device=device, dtype=dtype, distilled=distilled, weights=weights))
 
     @property
     def device(self) -> torch.device:
