@@ -112,7 +112,19 @@ _RANK_KEYS = ("rank", "prefill_s", "cached_step_s", "uncached_step_s", "collecti
 
 
 def _rss_bytes() -> int:
-    """This process's resident set now (Linux /proc; 0 elsewhere). Peak RSS alone would hide freed weights."""
+    """This process's resident set now (Linux /proc; 0 elsewhere). Peak RSS alone would hide freed weights.
+
+    glibc keeps freed heap memory mapped until trimmed (and its mmap threshold rises up to 32 MiB as big blocks
+    are freed, so freed tensors land in the heap), so the heap is trimmed first: the figure is what is in use.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()

@@ -14,7 +14,7 @@ What is not, on purpose:
 `int8`: torchao's Int8WeightOnlyConfig: symmetric per-row (per output channel) int8 with an fp32 scale (and an
 int8 zero point, always 0, that torchao keeps: 5 bytes a row beside the 1 byte a weight); the matmul
 runs in the activation dtype (x @ q^T, then the scale per output), so it works on CPU with fp32 activations and on
-GPU with bf16 ones. The block weights take 1 byte a parameter (+4 per row): half of bf16, a quarter of fp32.
+GPU with bf16 ones. The block weights take 1 byte a parameter (+5 per row): half of bf16, a quarter of fp32.
 `fp8`: torchao's Float8WeightOnlyConfig (e4m3, per row): needs CUDA compute capability 8.9+ (Ada, Hopper), refused
 elsewhere with a ValueError.
 
