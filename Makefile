@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 # Debian packages the tests need, as "command:package" pairs.
 SYSTEM_DEPS ?= mosquitto:mosquitto systemd-analyze:systemd chromium:chromium openssl:openssl
 
-.PHONY: all demo test install system-deps clean
+.PHONY: all demo test install system-deps clean gpu-check
 
 all: test
 
@@ -49,3 +49,8 @@ test: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# One-shot check of the 13.6B model on one GPU (a few minutes on an H100/H200): step time, fraction of peak,
+# memory against plan, flash-attn vs SDPA, int8 and fp8. Exits 2 with a message where there is no CUDA.
+gpu-check: $(STAMP)
+	$(PYTHON) -m streamd.bench.gpu --json

@@ -133,10 +133,12 @@ class ContinuationPipeline:
     @classmethod
     def from_spec(
         cls, spec: str | Path = "tiny", device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None,
-        distilled: bool | None = None, text_device: torch.device | str | None = None,
+        distilled: bool | None = None, text_device: torch.device | str | None = None, weights: str = "bf16",
     ) -> "ContinuationPipeline":
-        """Load an embedded preset by name or a checkpoint folder (`distilled`, `text_device`: see `load_model`)."""
-        return cls(load_model(spec, device=device, dtype=dtype, distilled=distilled, text_device=text_device))
+        """Load an embedded preset by name or a checkpoint folder (`distilled`, `text_device`, `weights`: see
+        `load_model`)."""
+        return cls(load_model(spec, device=device, dtype=dtype, distilled=distilled, text_device=text_device,
+                              weights=weights))
 
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,12 @@
 
 With `context_parallel` N > 1 every rank runs the same measurement on its share of the tokens (rank 0 starts the
 others on this host); the result adds, per rank, the step times, the bytes the collectives sent per step, the KV
-cache bytes and the peak memory.
+cache bytes and the peak memory. `shard_weights` shards the DiT blocks over those ranks (FSDP2, model/sharding.py)
+and adds the bytes the weight all-gathers bring in per step; `weights` quantizes the DiT (bf16 | int8 | fp8,
+model/quant.py). Every result has the DiT's parameter bytes held by the rank (`dit_weight_bytes`).
+
+CLI: `streamd bench denoise` takes these as `--shard-weights` and `--weights` once cli.py passes them to
+`DenoiseBenchConfig` (its argparse lives in cli.py).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class DenoiseBenchConfig:
     repeats: int = 5
     device: str | None = None
     context_parallel: int = 1
+    shard_weights: bool = False  # shard the DiT blocks over the context-parallel ranks (needs context_parallel > 1)
+    weights: str = "bf16"  # bf16 (the model dtype), int8 or fp8: see model/quant.py
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +107,29 @@ def bench_rank(cfg: dict[str, Any], group: Any, device: str) -> None:
 
 
 _RANK_KEYS = ("rank", "prefill_s", "cached_step_s", "uncached_step_s", "collective_bytes_per_step",
-              "kv_cache_bytes", "peak_rss_bytes", "peak_cuda_bytes")
+              "weight_gather_bytes_per_step", "dit_weight_bytes", "kv_cache_bytes", "peak_rss_bytes", "rss_bytes",
+              "peak_cuda_bytes")
+
+
+def _rss_bytes() -> int:
+    """This process's resident set now (Linux /proc; 0 elsewhere). Peak RSS alone would hide freed weights.
+
+    glibc keeps freed heap memory mapped until trimmed (and its mmap threshold rises up to 32 MiB as big blocks
+    are freed, so freed tensors land in the heap), so the heap is trimmed first: the figure is what is in use.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
 
 
 def _rank_figures(result: dict[str, Any]) -> dict[str, Any]:
@@ -113,12 +142,25 @@ def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None
     device = torch.device(device_name or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = default_dtype(device)
     dit, height, width, text_len = _load(cfg.model, device, dtype)
+    from ..model.quant import quantize_dit, weight_bytes
+
+    quantize_dit(dit, cfg.weights)
     cp = None
+    shards = None
     if group is not None:
         from ..model.parallel import ContextParallel
 
         cp = ContextParallel(group)
         dit.set_context_parallel(cp)
+        if cfg.shard_weights:
+            import gc
+
+            from ..model.sharding import shard_dit
+
+            shards = shard_dit(dit, group)
+            gc.collect()  # the whole blocks' storage goes now, not at some later collection
+    elif cfg.shard_weights:
+        raise ValueError("shard_weights needs context_parallel > 1 (one rank holds every weight)")
     height, width = cfg.height or height, cfg.width or width
     if height % 16 or width % 16:
         raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
@@ -146,12 +188,17 @@ def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None
 
     out_cached, out_uncached = cached(), uncached()  # warm-up, and the outputs compared below
     moved: dict[str, dict[str, int]] = {}
+    gathered: dict[str, int] = {}
     if cp is not None:  # what one step of each kind sends (the same every step)
         for name, fn in (("prefill", lambda: dit.prefill(cond, cache=cache)), ("cached", cached),
                          ("uncached", uncached)):
             cp.traffic.reset()
+            if shards is not None:
+                shards.reset()
             fn()
             moved[name] = {**cp.traffic.sent, "total": cp.traffic.total}
+            if shards is not None:  # received by this rank: (N-1)/N of every block's weights
+                gathered[name] = shards.gathered_bytes
     cached_s, uncached_s = [], []
     for _ in range(cfg.repeats):  # alternate so drifting machine load hits both paths alike
         cached_s.append(_time(cached, device))
@@ -190,9 +237,17 @@ def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None
         "max_abs_diff": diff,
         "output_rms": out_uncached.float().pow(2).mean().sqrt().item(),
         "kv_cache_bytes": cache.nbytes,
+        "weights": cfg.weights,
+        "shard_weights": shards is not None,
+        # DiT parameters this rank holds between blocks (sharded: its block shards + the unsharded parts)
+        "dit_weight_bytes": shards.bytes_per_rank if shards is not None else weight_bytes(dit),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_bytes": _rss_bytes(),
         "context_parallel": cp.size if cp is not None else 1,
     }
+    if shards is not None:
+        result["weight_gather_bytes_per_step"] = gathered
+        result["sharding"] = shards.as_dict()
     if cp is not None:
         result["rank"] = cp.rank
         result["split"] = list(cp.layout((1, h // c.patch_size[1], w // c.patch_size[2])).__dict__[k]

@@ -370,6 +370,7 @@ class QualityBenchConfig:
     guidance: float | None = None
     seed: int = 0
     device: str | None = None
+    weights: str = "bf16"  # DiT block weights: bf16 (the model dtype), int8 or fp8 (model/quant.py)
 
     def __post_init__(self) -> None:
         if self.clips < 1 or self.prompt_scenes < 0 or self.reversal_scenes < 0 or self.drift_seconds < 0:
@@ -504,7 +505,7 @@ def run_quality_bench(config: QualityBenchConfig) -> dict[str, Any]:
     """Every figure of `streamd bench quality`, as one JSON-ready dict."""
     started = time.perf_counter()
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bundle = load_model(config.model, device=device)
+    bundle = load_model(config.model, device=device, weights=config.weights)
     pipe = ContinuationPipeline(bundle)
     overrides: dict[str, Any] = {"seed": config.seed * 100_003, "noise_latents": CHUNK_LATENTS}
     if config.steps is not None:
@@ -514,7 +515,7 @@ def run_quality_bench(config: QualityBenchConfig) -> dict[str, Any]:
     params = pipe.default_params(**overrides)
     clips = moving_clips(config.clips, bundle.height, bundle.width)
     result: dict[str, Any] = {
-        "model": bundle.name, "trained": bundle.trained,
+        "model": bundle.name, "trained": bundle.trained, "weights": bundle.weights,
         "training": _training_record(bundle),
         "resolution": [bundle.height, bundle.width], "steps": params.steps, "schedule": params.schedule,
         "guidance": params.guidance, "shift": pipe.shift, "seed": config.seed,

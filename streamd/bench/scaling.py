@@ -7,6 +7,11 @@ Per denoising step on N ranks (Ulysses, streamd/model/parallel.py):
              all-gather of the prediction at the end), exactly what `ContextParallel.traffic` counts
   comm     = traffic / link bandwidth + collectives * latency  (not overlapped with compute: streamd runs them
              in line, so this is the conservative sum)
+  gather   = with sharded weights (model/sharding.py), every forward all-gathers every block once: each rank
+             receives (N-1)/N of the block weights (bf16: 2 bytes a parameter; int8: 1 + 5 per row, the adaLN
+             modulation kept in bf16) per step and per prefill. FSDP prefetches block i+1 while block i computes,
+             so the gather runs beside compute on its own stream; only what exceeds the compute shows:
+             exposed = max(0, gather / link bandwidth - compute)  (optimistic where the all-to-alls share the link)
 A chunk is one prefill (the conditioning window, context-parallel too) plus `steps` steps; the real-time factor is
 the chunk's video seconds over its compute time. VAE encode/decode (rank 0 only) and the text encoder are not in it.
 """
@@ -56,10 +61,39 @@ def step_traffic(config: DiTConfig, batch: int, grid: tuple[int, int, int], n: i
     return {"all_to_all": a2a, "all_gather": gather, "total": a2a + gather, "calls": calls}
 
 
+def block_weight_bytes(config: DiTConfig, weights: str = "bf16") -> int:
+    """Bytes of every block's parameters in a weight format: bf16, or int8 / fp8 (model/quant.py: the compute
+    Linears at 1 byte a weight + 5 bytes a row for int8's scale and zero point, 4 for fp8's scale; the adaLN
+    modulation, biases and norm weights in bf16)."""
+    c, f, d = config.hidden_size, config.ffn_hidden, config.adaln_tembed_dim
+    hd = config.head_dim
+    # (out, in) of the compute Linears of one block, and whether they carry a bias
+    linears = [(3 * c, c, True), (c, c, True), (c, c, True), (2 * c, c, True), (c, c, True),
+               (f, c, False), (c, f, False), (f, c, False)]
+    small = 6 * c * d + 6 * c + 2 * c + 4 * hd  # adaLN Linear (+bias), pre-cross-attention LayerNorm, q/k norms
+    biases = sum(o for o, _, b in linears if b)
+    if weights == "bf16":
+        per_block = 2 * (sum(o * i for o, i, _ in linears) + biases + small)
+    else:
+        per_row = 5 if weights == "int8" else 4
+        per_block = sum(o * i + per_row * o for o, i, _ in linears) + 2 * (biases + small)
+    return config.depth * per_block
+
+
+def weight_gather_bytes(config: DiTConfig, n: int, weights: str = "bf16") -> int:
+    """Bytes one rank receives per forward with sharded block weights: (N-1)/N of the block weights."""
+    return block_weight_bytes(config, weights) * (n - 1) // n
+
+
 def predict(config: DiTConfig, height: int, width: int, n: int, hw: Hardware = Hardware(), cond_latents: int = 4,
             noise_latents: int = 20, steps: int = 16, batch: int = 1, text_tokens: int = 512, fps: float = 15.0,
-            temporal_factor: int = 4, spatial_factor: int = 8) -> dict[str, Any]:
-    """Predicted per-step and per-chunk figures on n ranks (cached path: prefill once, then `steps` steps)."""
+            temporal_factor: int = 4, spatial_factor: int = 8, shard_weights: bool = False,
+            weights: str = "bf16") -> dict[str, Any]:
+    """Predicted per-step and per-chunk figures on n ranks (cached path: prefill once, then `steps` steps).
+
+    shard_weights: the blocks are sharded over the n ranks (FSDP2): each forward gathers them (see the module
+    docstring); weights: bf16 | int8 | fp8, the bytes of the block weights.
+    """
     h = height // spatial_factor // config.patch_size[1]
     w = width // spatial_factor // config.patch_size[2]
     tpf = h * w
@@ -75,7 +109,13 @@ def predict(config: DiTConfig, height: int, width: int, n: int, hw: Hardware = H
     comm_s = traffic["total"] / hw.link_bytes_per_s + traffic["calls"] * hw.latency_s
     prefill_s = prefill_flops / n / rate * padding + (prefill_traffic["total"] / hw.link_bytes_per_s
                                             + prefill_traffic["calls"] * hw.latency_s)
-    step_s = compute_s + comm_s
+    blocks = block_weight_bytes(config, weights)
+    gather = weight_gather_bytes(config, n, weights) if shard_weights and n > 1 else 0
+    gather_s = gather / hw.link_bytes_per_s
+    exposed_s = max(0.0, gather_s - compute_s)  # prefetch hides the gather behind the compute it overlaps
+    prefill_compute_s = prefill_flops / n / rate * padding
+    prefill_s += max(0.0, gather_s - prefill_compute_s)
+    step_s = compute_s + comm_s + exposed_s
     chunk_s = prefill_s + steps * step_s
     video_s = noise_latents * temporal_factor / fps
     kv_bytes = 2 * config.depth * config.num_heads * cond_latents * tpf * config.head_dim * 2 // n
@@ -85,5 +125,7 @@ def predict(config: DiTConfig, height: int, width: int, n: int, hw: Hardware = H
         "step_pflop": step_flops / 1e15, "compute_s": compute_s, "comm_s": comm_s, "step_s": step_s,
         "bytes_per_step_per_rank": traffic["total"], "prefill_s": prefill_s, "chunk_s": chunk_s,
         "video_s": video_s, "realtime_factor": video_s / chunk_s, "kv_cache_bytes_per_rank": kv_bytes,
-        "comm_fraction": comm_s / step_s,
+        "comm_fraction": comm_s / step_s, "weights": weights, "shard_weights": shard_weights and n > 1,
+        "block_weight_bytes_per_rank": -(-blocks // n) if shard_weights else blocks,
+        "weight_gather_bytes_per_step": gather, "weight_gather_s": gather_s, "weight_gather_exposed_s": exposed_s,
     }

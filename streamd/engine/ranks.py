@@ -18,6 +18,11 @@ waits longer for a message than that exits non-zero; rank 0 watches the workers 
 a collective fails, logs which rank failed and calls `on_failure` (the daemon then exits non-zero; a backstop
 ends the process after `grace_s` if a graceful stop hangs).
 
+Weights: replicated on every rank by default; with `shard_weights` every DiT block is sharded over the group with
+FSDP2 (model/sharding.py: 1/N of the block weights per rank, a block gathered just before it runs), on rank 0 in
+`connect` and on every worker after it joins. `weights` (bf16 | int8 | fp8, model/quant.py) is applied by every
+rank's loader before sharding; every rank must be given the same two settings (the launcher passes them on).
+
 Launch: `RankGroup.launch(N, ...)` starts N-1 worker processes on this host (`python -m streamd.engine.ranks`)
 and rendezvouses over TCP on loopback; under `torchrun` (several hosts) every process is started by torchrun and
 `RankGroup.from_env()` / `worker_main_from_env()` read RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
@@ -103,8 +108,10 @@ class RankGroup:
 
     def __init__(self, world: int, addr: str, port: int, device: str | None, timeout_s: float,
                  procs: list[subprocess.Popen[bytes]] | None = None, grace_s: float = 20.0,
-                 role: str = "engine") -> None:
+                 role: str = "engine", shard_weights: bool = False) -> None:
         self.world = world
+        self.shard_weights = shard_weights  # `connect` shards rank 0's DiT blocks (the workers shard their own)
+        self.shard_info: Any = None  # model.sharding.ShardInfo once connected with sharded weights
         self.role = role
         self.addr, self.port = addr, port
         self.device = rank_device(device, 0)
@@ -129,8 +136,13 @@ class RankGroup:
     @classmethod
     def launch(cls, world: int, model: str, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                distilled: bool | None = None, role: str = "engine",
-               extra: dict[str, Any] | None = None) -> "RankGroup":
-        """Start ranks 1..world-1 on this host (they load their DiT while the caller loads its model)."""
+               extra: dict[str, Any] | None = None, shard_weights: bool = False,
+               weights: str = "bf16") -> "RankGroup":
+        """Start ranks 1..world-1 on this host (they load their DiT while the caller loads its model).
+
+        shard_weights: every rank shards its DiT blocks over the group (rank 0 in `connect`). weights: the format
+        the workers quantize their DiT to (model/quant.py); rank 0's own model must be loaded with the same.
+        """
         if world < 2:
             raise ValueError("a rank group needs at least two ranks")
         port = _free_port()
@@ -143,27 +155,40 @@ class RankGroup:
                 cmd += ["--device", device]
             if distilled is not None:
                 cmd += ["--distilled", "yes" if distilled else "no"]
+            if shard_weights:
+                cmd += ["--shard-weights"]
+            if weights != "bf16":
+                cmd += ["--weights", weights]
             if extra:
                 cmd += ["--extra", json.dumps(extra)]
             env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(world))}
             procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
         log.info("context parallel: started %d worker rank(s), pids %s", world - 1, [p.pid for p in procs])
-        return cls(world, "127.0.0.1", port, device, timeout_s, procs, role=role)
+        return cls(world, "127.0.0.1", port, device, timeout_s, procs, role=role, shard_weights=shard_weights)
 
     @classmethod
-    def from_env(cls, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> "RankGroup":
+    def from_env(cls, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 shard_weights: bool = False) -> "RankGroup":
         """Rank 0 of a group started by torchrun (the workers are torchrun's, not ours)."""
         world = int(os.environ["WORLD_SIZE"])
         if int(os.environ.get("RANK", "0")) != 0:
             raise RuntimeError("RankGroup.from_env is for rank 0; other ranks run worker_main_from_env")
-        return cls(world, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), device, timeout_s)
+        return cls(world, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), device, timeout_s,
+                   shard_weights=shard_weights)
 
-    def connect(self, dit: Any) -> None:
-        """Join the group and make `dit` context-parallel. Blocks until every rank has loaded its model."""
+    def connect(self, dit: Any, shard_weights: bool | None = None) -> None:
+        """Join the group and make `dit` context-parallel. Blocks until every rank has loaded its model.
+
+        shard_weights (None: the group's setting): shard `dit`'s blocks over the group (FSDP2), as every worker
+        of this group does with its own; quantize `dit` before (the loaders' `weights`).
+        """
         from ..model.parallel import ContextParallel, check_heads
 
         check_heads(dit.config.num_heads, self.world)
-        dit.set_context_parallel(ContextParallel(self.join()))
+        group = self.join()
+        dit.set_context_parallel(ContextParallel(group))
+        if self.shard_weights if shard_weights is None else shard_weights:
+            self.shard_info = _shard(dit, group)
         self._last_send = time.monotonic()
         log.info("context parallel: %d ranks connected (%s)", self.world, backend_for(self.device))
 
@@ -275,6 +300,18 @@ class RankGroup:
             self._groups = None
 
 
+def _shard(dit: Any, group: Any) -> Any:
+    """Shard `dit`'s blocks over `group` and log what this rank keeps."""
+    from ..model.sharding import shard_dit
+
+    info = shard_dit(dit, group)
+    log.info("context parallel: DiT blocks sharded over %d ranks: %.1f MiB of %.1f MiB block weights held here "
+             "(+ %.1f MiB unsharded); each step gathers %.1f MiB", info.world, info.block_bytes_local / 2**20,
+             info.block_bytes_full / 2**20, info.other_bytes / 2**20,
+             info.block_bytes_local * (info.world - 1) / 2**20)
+    return info
+
+
 # ---------------------------------------------------------------------------------------------- workers
 class Worker:
     """A worker rank's state: its DiT and, per stream, its cache share and the chunk in progress."""
@@ -339,8 +376,12 @@ def _die_with_parent(parent: int | None) -> None:
 
 def run_worker(rank: int, world: int, addr: str, port: int, model: str, device: str | None, timeout_s: float,
                distilled: bool | None = None, role: str = "engine", extra: dict[str, Any] | None = None,
-               parent: int | None = None) -> int:
-    """A worker rank: load the DiT, join the group, serve rank 0's messages until `stop`. The exit status."""
+               parent: int | None = None, shard_weights: bool = False, weights: str = "bf16") -> int:
+    """A worker rank: load the DiT, join the group, serve rank 0's messages until `stop`. The exit status.
+
+    weights: quantize the DiT on loading (model/quant.py); shard_weights: shard its blocks over the group once
+    joined. Rank 0 must use the same settings (`RankGroup.launch` passes its own to the workers it starts).
+    """
     import torch.distributed as dist
 
     from ..model.bundle import load_dit_only
@@ -361,9 +402,11 @@ def run_worker(rank: int, world: int, addr: str, port: int, model: str, device: 
         bench_rank(extra or {}, groups.model, str(dev))
         dist.destroy_process_group()
         return 0
-    dit = load_dit_only(model, device=dev, distilled=distilled)
+    dit = load_dit_only(model, device=dev, distilled=distilled, weights=weights)
     groups = _connect(rank, world, addr, port, dev, timeout_s)
     dit.set_context_parallel(ContextParallel(groups.model))
+    if shard_weights:
+        _shard(dit, groups.model)
     log.info("worker ready on %s (%d of %d ranks)", dev, rank, world)
     worker = Worker(dit)
     try:
@@ -381,21 +424,23 @@ def run_worker(rank: int, world: int, addr: str, port: int, model: str, device: 
 
 
 def worker_main_from_env(model: str, device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                         distilled: bool | None = None) -> int:
+                         distilled: bool | None = None, shard_weights: bool = False, weights: str = "bf16") -> int:
     """A worker rank started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK)."""
     return run_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"],
-                      int(os.environ["MASTER_PORT"]), model, device, timeout_s, distilled)
+                      int(os.environ["MASTER_PORT"]), model, device, timeout_s, distilled,
+                      shard_weights=shard_weights, weights=weights)
 
 
 def start_group(world: int, model: str, device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                distilled: bool | None = None) -> RankGroup:
+                distilled: bool | None = None, shard_weights: bool = False, weights: str = "bf16") -> RankGroup:
     """Rank 0's group: the ranks torchrun started (WORLD_SIZE of them), or world-1 workers started here."""
     if under_torchrun():
         if int(os.environ["WORLD_SIZE"]) != world:
             log.warning("context parallel: torchrun started %s ranks, the configuration asks for %d; using %s",
                         os.environ["WORLD_SIZE"], world, os.environ["WORLD_SIZE"])
-        return RankGroup.from_env(device, timeout_s)
-    return RankGroup.launch(world, model, device, timeout_s, distilled)
+        return RankGroup.from_env(device, timeout_s, shard_weights=shard_weights)
+    return RankGroup.launch(world, model, device, timeout_s, distilled, shard_weights=shard_weights,
+                            weights=weights)
 
 
 def under_torchrun() -> bool:
@@ -416,10 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--role", choices=["engine", "bench"], default="engine")
     p.add_argument("--extra", help="JSON settings of the role")
     p.add_argument("--parent", type=int, help="pid of rank 0 (this worker dies with it)")
+    p.add_argument("--shard-weights", action="store_true", help="shard the DiT blocks over the group (FSDP2)")
+    p.add_argument("--weights", choices=["bf16", "int8", "fp8"], default="bf16",
+                   help="DiT block weights: bf16 (the model dtype), int8 or fp8 (torchao)")
     a = p.parse_args(argv)
     distilled = None if a.distilled is None else a.distilled == "yes"
     return run_worker(a.rank, a.world, a.addr, a.port, a.model, a.device, a.timeout, distilled, a.role,
-                      json.loads(a.extra) if a.extra else None, a.parent)
+                      json.loads(a.extra) if a.extra else None, a.parent, shard_weights=a.shard_weights,
+                      weights=a.weights)
 
 
 if __name__ == "__main__":

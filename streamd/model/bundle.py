@@ -7,6 +7,9 @@ Embedded presets need no download. A preset with `weights` (the default `tiny`) 
 the same strict loader as a published checkpoint, from `streamd/model/weights/<weights>/dit`, and its sampler
 shift from that folder's `scheduler/scheduler_config.json`. A preset without weights (`tiny-random`, `small`) is
 the architecture with deterministic random weights, for equivalence tests and benchmarks.
+
+`weights` (bf16 | int8 | fp8) quantizes the DiT's block Linears through torchao once loaded (model/quant.py);
+bf16 leaves the model dtype (bf16 on a GPU, fp32 on a CPU).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .config import DiTConfig
 from .dit import LongCatVideoDiT
 from .loading import CheckpointError
 from .presets import PRESETS, Preset, build_dit, get_preset
+from .quant import check_weights, quantize_dit
 from .text import EmbeddedTextEncoder, PromptCache, UMT5TextEncoder
 from .vae import EmbeddedCodec, VideoCodec, WanVAECodec
 
@@ -60,6 +64,7 @@ class ModelBundle:
     trained: bool  # learned weights (a checkpoint, or a preset shipped with weights); False: random weights
     preset: str | None = None  # the embedded preset's name; None for a checkpoint folder
     weights_dir: Path | None = None  # where the DiT weights came from; None for random weights
+    weights: str = "bf16"  # the DiT block weights' format (model/quant.py): bf16 (the model dtype), int8 or fp8
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -73,6 +78,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     distilled: bool | None = None,
     text_device: torch.device | str | None = None,
+    weights: str = "bf16",
 ) -> ModelBundle:
     """Load an embedded preset by name or a checkpoint folder.
 
@@ -82,10 +88,17 @@ def load_model(
 
     For a checkpoint, `distilled=None` merges the 16-step distilled LoRA when the folder has it (and then
     defaults to its schedule: 16 steps, guidance 1); True requires it; False never merges it.
-    `device=None` picks CUDA when available.
+    `device=None` picks CUDA when available. `weights`: bf16 | int8 | fp8, the DiT block Linears quantized
+    after loading and merging (fp8 needs CUDA compute capability 8.9+: a ValueError before anything loads).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
+    check_weights(weights, device)  # refuse before loading gigabytes
+    if weights != "bf16" and not _is_checkpoint(spec):  # embedded: small, quantized where it loaded
+        bundle = load_model(spec, device, dtype, distilled, text_device)
+        quantize_dit(bundle.dit, weights)
+        bundle.weights = weights
+        return bundle
     if isinstance(spec, str) and spec in PRESETS:
         return _load_preset(get_preset(spec), device, dtype)
     root = Path(spec)
@@ -101,8 +114,7 @@ def load_model(
     if distilled and not lora.is_file():
         raise CheckpointError(f"distilled sampling asked for, but {lora} is missing")
     use_lora = lora.is_file() if distilled is None else distilled
-    dit = LongCatVideoDiT.from_pretrained(root / "dit", device=device, dtype=dtype,
-                                          loras=[(lora, 1.0)] if use_lora else [])
+    dit = _load_dit(root, device, dtype, use_lora, weights)
     text = UMT5TextEncoder.from_pretrained(root, device=text_device or device, dtype=dtype)
     defaults = SamplingDefaults("distilled", 16, 1.0) if use_lora else SamplingDefaults("enhance_hf", 50, 4.0)
     return ModelBundle(
@@ -118,7 +130,27 @@ def load_model(
         shift=read_shift(root / SCHEDULER_CONFIG),
         trained=True,
         weights_dir=root / "dit",
+        weights=weights,
     )
+
+
+def _is_checkpoint(spec: str | Path) -> bool:
+    """A published checkpoint folder (with its UMT5 text encoder), as against an embedded model."""
+    return not (isinstance(spec, str) and spec in PRESETS) and (Path(spec) / "text_encoder").is_dir()
+
+
+def _load_dit(root: Path, device: torch.device, dtype: torch.dtype, use_lora: bool, weights: str) -> LongCatVideoDiT:
+    """A checkpoint's DiT on `device` with its block weights in `weights`.
+
+    Quantized weights on a GPU are staged: the bf16 DiT loads into host memory and each block is quantized on
+    its way to the GPU, so the GPU never holds more than one bf16 block beside the quantized ones (a 24 GB card
+    could not hold the 27 GB bf16 model even for a moment).
+    """
+    stage = weights != "bf16" and device.type == "cuda"
+    dit = LongCatVideoDiT.from_pretrained(root / "dit", device="cpu" if stage else device, dtype=dtype,
+                                          loras=[(root / DISTILL_LORA, 1.0)] if use_lora else [])
+    quantize_dit(dit, weights, device=device if stage else None)
+    return dit
 
 
 def load_dit_only(
@@ -126,6 +158,7 @@ def load_dit_only(
     device: torch.device | str | None = "cpu",
     dtype: torch.dtype | None = None,
     distilled: bool | None = None,
+    weights: str = "bf16",
 ) -> LongCatVideoDiT:
     """The DiT of `load_model(spec, ...)` alone, for a context-parallel worker rank (no text encoder, no codec).
 
@@ -133,15 +166,15 @@ def load_dit_only(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
+    check_weights(weights, device)
     root = Path(spec)
     if (isinstance(spec, str) and spec in PRESETS) or not (root / "text_encoder").is_dir():
-        return load_model(spec, device=device, dtype=dtype, distilled=distilled).dit  # embedded: small parts
+        # embedded: small parts
+        return load_model(spec, device=device, dtype=dtype, distilled=distilled, weights=weights).dit
     lora = root / DISTILL_LORA
     if distilled and not lora.is_file():
         raise CheckpointError(f"distilled sampling asked for, but {lora} is missing")
-    use_lora = lora.is_file() if distilled is None else distilled
-    return LongCatVideoDiT.from_pretrained(root / "dit", device=device, dtype=dtype,
-                                           loras=[(lora, 1.0)] if use_lora else [])
+    return _load_dit(root, device, dtype, lora.is_file() if distilled is None else distilled, weights)
 
 
 def preset_weights(preset: Preset) -> Path | None:

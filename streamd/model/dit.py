@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +292,29 @@ class FinalLayer(nn.Module):
         return _linear_fp32(self.linear, _modulate(x.float(), shift, scale, t_emb.shape[1]))
 
 
+class BlockList(nn.ModuleList):
+    """The DiT's blocks (state-dict names `blocks.<i>.*`, as a plain ModuleList). Calling it runs `body(self)`.
+
+    Why a call: every pass over the blocks (forward, prefill) then enters and leaves one module, which gives a
+    wrapper one place to act per pass. FSDP2 (model/sharding.py) makes this module the root of the sharded blocks:
+    its lazy initialisation, shared communication streams and the prefetch of block i+1 during block i need the
+    root to run before any block, in prefill as in forward.
+
+    `inference_only` (set by `shard_dit`): run the blocks under torch.inference_mode whatever the caller's mode.
+    FSDP2 allocates its gather buffers once, in the autograd mode of the first pass, and a later pass in another
+    mode cannot write into them ("inplace update to inference tensor outside InferenceMode"). The engine runs
+    every pass under inference_mode (prefill is always so), hence this mode for every pass of a sharded DiT.
+    """
+
+    inference_only: bool = False
+
+    def forward(self, body: Callable[["BlockList"], Any]) -> Any:
+        if self.inference_only:
+            with torch.inference_mode():
+                return body(self)
+        return body(self)
+
+
 class LongCatVideoDiT(nn.Module):
     """LongCat-Video's transformer.
 
@@ -305,7 +328,7 @@ class LongCatVideoDiT(nn.Module):
         self.x_embedder = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size)
         self.t_embedder = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size)
         self.y_embedder = CaptionEmbedder(config.caption_channels, config.hidden_size)
-        self.blocks = nn.ModuleList(LongCatBlock(config) for _ in range(config.depth))
+        self.blocks = BlockList(LongCatBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(config)
         self._rope_cache: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.context_parallel: ContextParallel | None = None  # set by `set_context_parallel`
@@ -474,16 +497,28 @@ class LongCatVideoDiT(nn.Module):
                 raise ValueError(f"the cache holds {kv_cache.heads} heads, this process needs {self.kv_heads}")
             rope = self._rope(grid, num_cond_latents, x.device)
             rope_cache = self._rope(kv_cache.grid, 0, x.device)
-            for i, block in enumerate(self.blocks):
-                k_c, v_c = kv_cache.layer(i)
-                x = block(x, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache), shard=shard)
+
+            def cached(blocks: BlockList) -> torch.Tensor:
+                h = x
+                for i, block in enumerate(blocks):
+                    k_c, v_c = kv_cache.layer(i)
+                    h = block(h, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache), shard=shard)
+                return h
+
+            x = self.blocks(cached)
         else:
             if not 0 <= num_cond_latents <= grid[0]:
                 raise ValueError(f"num_cond_latents={num_cond_latents} is outside 0..{grid[0]}")
             rope = self._rope(grid, 0, x.device)
-            for block in self.blocks:
-                x = block(x, t_emb, y, y_mask, rope, num_cond_tokens=num_cond_latents * tokens_per_frame,
-                          shard=shard)
+
+            def uncached(blocks: BlockList) -> torch.Tensor:
+                h = x
+                for block in blocks:
+                    h = block(h, t_emb, y, y_mask, rope, num_cond_tokens=num_cond_latents * tokens_per_frame,
+                              shard=shard)
+                return h
+
+            x = self.blocks(uncached)
 
         out = self.final_layer(x, t_emb)
         if shard is not None:
@@ -513,10 +548,15 @@ class LongCatVideoDiT(nn.Module):
         x = self._tokens(cond_latents if shard is None else shard.local_latents(cond_latents, self.config.patch_size))
         rope = self._rope(grid, 0, x.device)
         last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            if i < last:
-                x, k, v = block(x, t_emb, None, None, rope, return_kv=True, shard=shard)
-            else:
-                k, v = block(x, t_emb, None, None, rope, kv_only=True, shard=shard)
-            cache.write(i, k, v)
+
+        def fill(blocks: BlockList) -> None:
+            h = x
+            for i, block in enumerate(blocks):
+                if i < last:
+                    h, k, v = block(h, t_emb, None, None, rope, return_kv=True, shard=shard)
+                else:
+                    k, v = block(h, t_emb, None, None, rope, kv_only=True, shard=shard)
+                cache.write(i, k, v)
+
+        self.blocks(fill)
         return cache

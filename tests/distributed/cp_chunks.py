@@ -1,6 +1,7 @@
 """Run two interleaved streams for several chunks through the engine on N ranks; save what every chunk made.
 
-`python -m tests.distributed.cp_chunks N cached|uncached OUT.pt` (run from the repository root). Stream `a`
+`python -m tests.distributed.cp_chunks N cached|uncached OUT.pt [sharded] [bf16|int8]` (run from the repository
+root; `sharded`: the DiT blocks sharded over the ranks with FSDP2; int8: torchao int8 weights on every rank). Stream `a`
 continues with pixel chaining, stream `b` with latent chaining and noise on its conditioning latents, each with
 a fixed seed, so every configuration must produce the same chunks. Ranks 1..N-1 are worker processes started
 here (gloo); this process is rank 0 and keeps torch's default thread count when N = 1, so the comparison also
@@ -30,12 +31,12 @@ STREAMS: dict[str, StreamParams] = {
 }
 
 
-def run(world: int, cached: bool) -> dict[str, Any]:
+def run(world: int, cached: bool, sharded: bool = False, weights: str = "bf16") -> dict[str, Any]:
     """Every stream's chunks: frames [F, H, W, 3] uint8, new latents [1, C, T, h, w], source; the step order."""
-    pipeline = ContinuationPipeline.from_spec(MODEL)
+    pipeline = ContinuationPipeline.from_spec(MODEL, weights=weights)
     ranks = None
     if world > 1:
-        ranks = RankGroup.launch(world, MODEL)
+        ranks = RankGroup.launch(world, MODEL, shard_weights=sharded, weights=weights)
         ranks.connect(pipeline.dit)
     latents: list[torch.Tensor] = []
     decode = pipeline.decode_continuation
@@ -72,7 +73,9 @@ def run(world: int, cached: bool) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     world, path, out = int(argv[0]), argv[1], argv[2]
-    torch.save(run(world, path == "cached"), out)
+    sharded = len(argv) > 3 and argv[3] == "sharded"
+    weights = argv[4] if len(argv) > 4 else "bf16"
+    torch.save(run(world, path == "cached", sharded, weights), out)
     return 0
 
 
