@@ -280,20 +280,23 @@ class Daemon:
             run_plan, m.spec, m.device, ranks=cfg.engine.context_parallel, max_streams=cfg.engine.max_streams,
             weights=m.weights, text_encoder=m.text_encoder, shard_weights=m.shard_weights, gpu_memory=m.gpu_memory,
             cond_latents=cfg.engine.cond_latents, chunk_latents=cfg.engine.chunk_latents)
-        log.info("memory plan: %.2f GiB of %.2f GiB usable per rank, %d stream(s) fit (text encoder on the %s)",
-                 plan.total / 2**30, plan.usable / 2**30, plan.streams_that_fit, "GPU" if plan.text_on_gpu else "CPU")
+        log.info("memory plan: %.2f GiB of %.2f GiB usable per rank, %d stream(s) fit (weights %s%s, text encoder "
+                 "on the %s)", plan.total / 2**30, plan.usable / 2**30, plan.streams_that_fit, m.weights,
+                 ", sharded" if plan.sharded else "", "GPU" if plan.text_on_gpu else "CPU")
         if cfg.engine.context_parallel > 1:  # the workers load their DiT while this process loads the model
             self.ranks = start_group(cfg.engine.context_parallel, str(cfg.model.spec), cfg.model.device,
-                                     cfg.engine.collective_timeout_s, cfg.model.distilled)
+                                     cfg.engine.collective_timeout_s, cfg.model.distilled,
+                                     shard_weights=plan.sharded, weights=m.weights)
             self.ranks.exit_on_failure = True
             loop = asyncio.get_running_loop()
             self.ranks.on_failure = lambda reason: loop.call_soon_threadsafe(self._ranks_failed, reason)
         log.info("loading model %s", cfg.model.spec)
         self.pipeline = await asyncio.to_thread(ContinuationPipeline.from_spec, cfg.model.spec, cfg.model.device,
                                                 distilled=cfg.model.distilled,
-                                                text_device=None if plan.text_on_gpu else "cpu")
+                                                text_device=None if plan.text_on_gpu else "cpu",
+                                                weights=m.weights)
         if self.ranks is not None:
-            await asyncio.to_thread(self.ranks.connect, self.pipeline.dit)
+            await asyncio.to_thread(self.ranks.connect, self.pipeline.dit, plan.sharded)
         bundle = self.pipeline.bundle
         log.info("model %s loaded in %.1f s on %s (%s)%s", bundle.name, time.perf_counter() - started,
                  self.pipeline.device, bundle.description,

@@ -41,11 +41,11 @@ def _add_memory_args(p: argparse.ArgumentParser, plan: bool = False) -> None:
     """The memory plan's settings (model.weights, model.text_encoder, model.shard_weights, model.gpu_memory)."""
     default = "bf16" if plan else None
     p.add_argument("--weights", choices=["bf16", "int8", "fp8"], default=default,
-                   help="DiT weight format (int8/fp8: planned, not yet runnable)")
+                   help="DiT block weights: bf16 (the model's precision), int8, or fp8 (CUDA 8.9+)")
     p.add_argument("--text-encoder", choices=["auto", "gpu", "cpu"], default="auto" if plan else None,
                    help="where the text encoder lives (auto: the GPU when the plan fits so)")
     p.add_argument("--shard-weights", choices=["auto", "on", "off"], default="auto" if plan else None,
-                   help="shard the DiT over the context-parallel group (planned, not yet runnable)")
+                   help="shard the DiT's blocks over the context-parallel group (auto: when the plan needs it)")
     p.add_argument("--gpu-memory", metavar="SIZE",
                    help="memory per rank the plan may use, e.g. 24GiB (default: free memory at start)")
 
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     _add_cp_arg(p)
+    p.add_argument("--weights", choices=["bf16", "int8", "fp8"], default="bf16", help="DiT block weights")
+    p.add_argument("--shard-weights", action="store_true",
+                   help="shard the DiT's blocks over the context-parallel ranks (FSDP2)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("e2e", help="the daemon end to end (WHIP in, ZeroMQ out) beside the bare engine")
     p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
@@ -171,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated noise")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--weights", choices=["bf16", "int8", "fp8"], default="bf16",
+                   help="DiT block weights (int8 against bf16: the quality cost of quantization)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
+    from .bench.gpu import add_gpu_check_parser  # torch-free at import: the GPU check's options
+
+    add_gpu_check_parser(bsub)
     return parser
 
 
@@ -188,14 +196,14 @@ def _progress_bar(total_label: str):  # -> (callback, close)
     return update, bar.close
 
 
-def _pipeline_and_params(args: argparse.Namespace, text_device: str | None = None):
+def _pipeline_and_params(args: argparse.Namespace, text_device: str | None = None, weights: str = "bf16"):
     import torch
 
     from .engine.params import StreamParams
     from .pipeline import ContinuationPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = ContinuationPipeline.from_spec(args.model, device=device, text_device=text_device)
+    pipeline = ContinuationPipeline.from_spec(args.model, device=device, text_device=text_device, weights=weights)
     params = StreamParams(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                           steps=args.steps, schedule=args.schedule, seed=args.seed)
     return pipeline, params
@@ -222,11 +230,13 @@ def cmd_continue(args: argparse.Namespace) -> int:
     if (args.context_parallel or 1) > 1:  # the workers load their DiT while this process loads the model
         from .engine.ranks import RankGroup
 
-        ranks = RankGroup.launch(args.context_parallel, args.model, args.device)
+        ranks = RankGroup.launch(args.context_parallel, args.model, args.device, shard_weights=plan.sharded,
+                                 weights=args.weights or "bf16")
     try:
-        pipeline, params = _pipeline_and_params(args, text_device=None if plan.text_on_gpu else "cpu")
+        pipeline, params = _pipeline_and_params(args, text_device=None if plan.text_on_gpu else "cpu",
+                                                weights=args.weights or "bf16")
         if ranks is not None:
-            ranks.connect(pipeline.dit)
+            ranks.connect(pipeline.dit, plan.sharded)
         print(_describe(pipeline), file=sys.stderr)
         update, close = _progress_bar("denoising")
         try:
@@ -347,7 +357,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_quality_bench(QualityBenchConfig(
             model=args.model, clips=args.clips, prompt_scenes=args.prompt_scenes,
             reversal_scenes=args.reversal_scenes, drift_seconds=args.drift_seconds,
-            steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device,
+            steps=args.steps, guidance=args.guidance, seed=args.seed, device=args.device, weights=args.weights,
         ))
     elif args.bench == "stream":
         result = run_stream_bench(StreamBenchConfig(
@@ -358,8 +368,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_denoise_bench(DenoiseBenchConfig(
             model=args.model, cond_latents=args.cond_latents, noise_latents=args.noise_latents,
             height=args.height, width=args.width, repeats=args.repeats, device=args.device,
-            context_parallel=args.context_parallel or 1,
+            context_parallel=args.context_parallel or 1, shard_weights=args.shard_weights, weights=args.weights,
         ))
+    elif args.bench == "gpu":
+        from .bench.gpu import NoCudaError, run_gpu_check
+
+        try:
+            result = run_gpu_check(args)
+        except NoCudaError as exc:
+            print(f"streamd bench gpu: {exc}", file=sys.stderr)
+            return 2
     else:  # pragma: no cover - argparse restricts the choices
         raise SystemExit(f"unknown benchmark {args.bench}")
     print(json.dumps(result, indent=2))
@@ -425,7 +443,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if under_torchrun() and int(os.environ["RANK"]) != 0:  # several hosts: torchrun started every rank
         m = config.model
-        return worker_main_from_env(m.spec, m.device, config.engine.collective_timeout_s, m.distilled)
+        from .model.shape import run_plan
+
+        plan = run_plan(m.spec, m.device, ranks=config.engine.context_parallel,
+                        max_streams=config.engine.max_streams, weights=m.weights, text_encoder=m.text_encoder,
+                        shard_weights=m.shard_weights, gpu_memory=m.gpu_memory)  # as rank 0 decides
+        return worker_main_from_env(m.spec, m.device, config.engine.collective_timeout_s, m.distilled,
+                                    shard_weights=plan.sharded, weights=m.weights)
     return asyncio.run(Daemon(config).run())
 
 

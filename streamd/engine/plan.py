@@ -6,8 +6,9 @@ functions below). Every number is per rank; under context parallelism the plan d
 one (it alone holds the text encoder, the VAE and the streams' latents and frames).
 
 The terms, with `it` the compute dtype's bytes (2: bf16 on CUDA, 4: fp32 on CPU):
-- DiT weights: parameters x `it`. int8/fp8 store the weight matrices of the blocks' linear layers in 1 byte per
-  value plus one bf16 scale per output row; norms, biases, embedders and the final layer stay in `it`. Sharded
+- DiT weights: parameters x `it`. int8/fp8 store the weight matrices of the blocks' linear layers but the adaLN
+  modulation in 1 byte per value plus a scale per output row (QUANT_ROW_BYTES); the adaLN modulation, norms,
+  biases, embedders and the final layer stay in `it`. Sharded
   over N ranks (FSDP-style): ceil(bytes / N) plus two whole blocks in flight (one computing, one prefetched).
 - Text encoder: its parameters x `it` plus the prompt cache (PROMPT_CACHE_ENTRIES prompts x L x D x `it`), on
   the GPU only when `text_encoder` resolves to gpu; an embedded preset's stand-in encoder always lives on the
@@ -45,6 +46,9 @@ CUDA_RUNTIME_BYTES = 1 * GiB  # CUDA context + cuBLAS/cuDNN workspaces (an estim
 CPU_RUNTIME_BYTES = 64 * MiB  # measured 57 MiB of RSS for kernels, thread pools and allocator (torch 2.13)
 CUDA_RESERVE_FRACTION = 0.05  # of the capacity, kept back for the caching allocator's fragmentation
 MAX_RANKS = 8  # the largest group `more ranks` suggests (one host)
+# bytes per output row beside the 1-byte weights, as torchao 0.18 stores them: int8 an fp32 scale and an int8 zero
+# point, fp8 an fp32 scale (checked against the quantized `small` in tests/model/test_plan_model.py)
+QUANT_ROW_BYTES = {"int8": 5, "fp8": 4}
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class DiTParams:
 
     total: int
     per_block: int
-    block_linear_weights: int  # values of the weight matrices of one block's nn.Linear layers
+    block_linear_weights: int  # values of the weight matrices of one block's quantized nn.Linear layers
     block_linear_rows: int  # their output rows (one quantisation scale each)
 
     @classmethod
@@ -64,16 +68,17 @@ class DiTParams:
         # (in, out, bias) of every linear layer of a block: adaLN, qkv, proj, q_linear, kv_linear, proj, w1, w3, w2
         linears = [(a, 6 * h, True), (h, 3 * h, True), (h, h, True), (h, h, True), (h, 2 * h, True), (h, h, True),
                    (h, f, False), (h, f, False), (f, h, False)]
-        weights = sum(i * o for i, o, _ in linears)
-        rows = sum(o for _, o, _ in linears)
+        # quantized: every linear but the adaLN modulation, which stays in the model dtype (model/quant.py)
+        quantized = sum(i * o for i, o, _ in linears[1:])
+        rows = sum(o for _, o, _ in linears[1:])
         biases = sum(o for _, o, bias in linears if bias)
         norms = 2 * h + 4 * hd  # pre_crs_attn_norm (affine) + q/k RMSNorms of both attentions
-        per_block = weights + biases + norms
+        per_block = sum(i * o for i, o, _ in linears) + biases + norms
         embedders = (c.in_channels * pt * ph * pw * h + h  # x_embedder (Conv3d with bias)
                      + c.frequency_embedding_size * a + a + a * a + a  # t_embedder
                      + c.caption_channels * h + h + h * h + h)  # y_embedder
         final = a * 2 * h + 2 * h + h * c.patch_channels + c.patch_channels
-        return cls(embedders + c.depth * per_block + final, per_block, weights, rows)
+        return cls(embedders + c.depth * per_block + final, per_block, quantized, rows)
 
 
 @dataclass(frozen=True)
@@ -175,9 +180,9 @@ def dit_weight_bytes(params: DiTParams, depth: int, itemsize: int, weights: str 
     """Bytes of DiT weights one rank holds (see the module docstring)."""
     per_block = params.per_block * itemsize
     total = params.total * itemsize
-    if weights != "bf16":  # 1-byte matrices + a bf16 scale per row in every block; the rest stays as it is
+    if weights != "bf16":  # 1-byte matrices + torchao's per-row scale (and zero point); the rest stays as it is
         per_block = (params.per_block - params.block_linear_weights) * itemsize + params.block_linear_weights \
-            + 2 * params.block_linear_rows
+            + QUANT_ROW_BYTES[weights] * params.block_linear_rows
         total = (params.total - depth * params.per_block) * itemsize + depth * per_block
     if sharded and ranks > 1:
         return math.ceil(total / ranks) + BLOCKS_IN_FLIGHT * per_block

@@ -6,6 +6,10 @@ checkpoint folder; the rest is what the pipeline, the engine and the tests build
 
 from __future__ import annotations
 
+from .libraries import quiet_library_logs
+
+quiet_library_logs()  # before anything below imports diffusers (and with it torchao)
+
 from .bundle import ModelBundle, SamplingDefaults, load_model
 from .config import LONGCAT_13B, DiTConfig
 from .dit import LongCatVideoDiT

@@ -130,18 +130,14 @@ def device_capacity(device: str) -> int:
     return available_ram()
 
 
-# What this version can load and run; the plan accounts for more (another change implements the rest).
-UNSUPPORTED_WEIGHTS = {"int8": "int8 weights", "fp8": "fp8 weights"}
-
-
 def run_plan(spec: str | Path, device: str | None, *, ranks: int = 1, max_streams: int = 1, weights: str = "bf16",
              text_encoder: str = "auto", shard_weights: str = "auto", gpu_memory: str | int | None = None,
              cond_latents: int = 4, chunk_latents: int = 4) -> MemoryPlan:
     """The plan of a run (`serve`, `continue`), checked before any weight loads.
 
     `device` None: cuda when available. The capacity is `gpu_memory`, else `device_capacity` (on the CPU shared by
-    the ranks). Raises PlanError (with the cheapest fix) when the plan does not fit, or when it needs what this
-    version cannot run yet: int8/fp8 weights, sharded weights.
+    the ranks). Raises PlanError (with the cheapest fix) when the plan does not fit. `plan.sharded` says whether
+    the run shards the DiT's weights (`shard_weights` auto resolves to what the plan needs).
     """
     if device is None:
         import torch
@@ -153,19 +149,20 @@ def run_plan(spec: str | Path, device: str | None, *, ranks: int = 1, max_stream
     settings = PlanSettings(capacity=capacity, device=kind, ranks=ranks, weights=weights,
                             shard_weights=shard_weights, text_encoder=text_encoder, max_streams=max_streams,
                             cond_latents=cond_latents, chunk_latents=chunk_latents)
+    if weights == "fp8":  # the plan holds for any GPU; whether this one has fp8 hardware is its own question
+        from .quant import check_weights
+
+        try:
+            check_weights(weights, device)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
     shape = model_shape(spec)
     plan = make_plan(shape, settings)
     if not plan.fits:
         raise PlanError(refusal(plan, cheapest_fix(shape, settings)))
-    if weights in UNSUPPORTED_WEIGHTS:
-        raise PlanError(f"{UNSUPPORTED_WEIGHTS[weights]} are planned for but not implemented yet: run with "
-                        "--weights bf16 (`streamd plan` shows whether that fits)")
-    if plan.sharded:
-        raise PlanError("the plan needs the DiT's weights sharded over the context-parallel group, which is planned "
-                        "for but not implemented yet" + (" (--shard-weights on)" if shard_weights == "on" else ""))
     return plan
 
 
-__all__ = ["PUBLISHED", "PUBLISHED_NAME", "UNSUPPORTED_WEIGHTS", "bundle_shape", "checkpoint_shape",
+__all__ = ["PUBLISHED", "PUBLISHED_NAME", "bundle_shape", "checkpoint_shape",
            "device_capacity", "run_plan", "model_shape", "preset_shape",
            "umt5_params", "wan_vae_params"]

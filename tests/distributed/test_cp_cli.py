@@ -65,3 +65,18 @@ def test_bench_denoise_reports_every_rank(n: int) -> None:
             want = step_traffic(config, 1, grid, n, itemsize=4, kv_only_last=prefill)
             assert moved[kind]["total"] == want["total"], (kind, moved[kind], want)
             assert moved[kind]["all_to_all"] == want["all_to_all"]
+
+
+def test_continue_with_int8_weights_sharded_over_two_ranks(tmp_path: Path) -> None:
+    """The plan's settings reach the run: int8 blocks, sharded over the context-parallel group (FSDP2)."""
+    src = tmp_path / "in.mp4"
+    write_video(src, synthetic_clip(20, 96, 160, fps=15.0).frames, fps=15.0)
+    outs = []
+    for n, extra in ((1, ()), (2, ("--shard-weights", "on"))):
+        out = tmp_path / f"int8-{n}.mp4"
+        proc = run_cli("continue", str(src), "-o", str(out), "--segments", "2", "--steps", "2", "--model",
+                       "tiny-random", "--weights", "int8", "--context-parallel", str(n), "--seed", "3", *extra)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(read_video(out).frames.astype(np.int16))
+    assert "rank 1: stopped" in proc.stderr and "DiT blocks sharded over 2 ranks" in proc.stderr, proc.stderr
+    assert int(np.abs(outs[0] - outs[1]).max()) == 0  # sharded int8 on two ranks: the frames of one

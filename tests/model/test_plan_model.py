@@ -29,7 +29,8 @@ def test_parameter_counts_match_a_meta_device_build(config) -> None:
     assert counted.total == sum(p.numel() for p in model.parameters())
     block = model.blocks[0]
     assert counted.per_block == sum(p.numel() for p in block.parameters())
-    linears = [m for m in block.modules() if isinstance(m, torch.nn.Linear)]
+    # the quantized linears: all but the adaLN modulation (model/quant.py)
+    linears = [m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and "adaLN" not in n]
     assert counted.block_linear_weights == sum(m.weight.numel() for m in linears)
     assert counted.block_linear_rows == sum(m.out_features for m in linears)
 
@@ -104,8 +105,8 @@ def test_continue_refuses_a_plan_that_does_not_fit_before_loading(tmp_path, monk
     err = capsys.readouterr().err
     assert rc == 2 and "memory plan does not fit" in err and "no change the plan knows makes it fit" in err
     rc = cli.main(["continue", str(tmp_path / "in.mp4"), "-o", str(tmp_path / "out.mp4"), "--model", "tiny",
-                   "--weights", "int8", "--device", "cpu"])
-    assert rc == 2 and "not implemented yet" in capsys.readouterr().err
+                   "--weights", "fp8", "--device", "cpu"])
+    assert rc == 2 and "fp8 weights need a CUDA GPU" in capsys.readouterr().err
 
 
 def test_serve_refuses_a_plan_that_does_not_fit_before_loading(monkeypatch) -> None:
@@ -117,8 +118,20 @@ def test_serve_refuses_a_plan_that_does_not_fit_before_loading(monkeypatch) -> N
 
     monkeypatch.setattr(ContinuationPipeline, "from_spec", no_loading)
     for overrides, says in (({"model.gpu_memory": "1MiB"}, "does not fit"),
-                            ({"model.device": "cpu", "model.weights": "fp8"}, "not implemented yet")):
+                            ({"model.device": "cpu", "model.weights": "fp8"}, "fp8 weights need a CUDA GPU")):
         config = ServeConfig.load(None, {}, {"model.device": "cpu", "http.port": 1, **overrides})
         daemon = Daemon(config)
         with pytest.raises(PlanError, match=says):
             asyncio.run(daemon.start())
+
+
+@pytest.mark.parametrize("dtype, itemsize", [(torch.float32, 4), (torch.bfloat16, 2)])
+def test_the_planned_int8_bytes_are_what_quantization_leaves(dtype: torch.dtype, itemsize: int) -> None:
+    from streamd.engine.plan import DiTParams, dit_weight_bytes
+    from streamd.model.dit import LongCatVideoDiT
+    from streamd.model.presets import get_preset
+    from streamd.model.quant import quantize_dit
+
+    config = get_preset("small").config
+    dit = LongCatVideoDiT.from_config(config, dtype=dtype)
+    assert quantize_dit(dit, "int8") == dit_weight_bytes(DiTParams.of(config), config.depth, itemsize, "int8")

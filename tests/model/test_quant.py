@@ -100,3 +100,16 @@ def test_staged_quantization_moves_block_by_block_and_gives_the_same_model() -> 
     assert moved == [f"block {i}" for i in range(len(staged.blocks))]
     assert weights_format(staged) == "int8"
     assert torch.equal(cached_output(staged), cached_output(direct))
+
+
+def test_a_command_that_loads_the_model_libraries_prints_no_library_noise() -> None:
+    """torchao is installed with streamd; its import (through diffusers) must not greet every command with
+    warnings about CUDA kernels a CPU build lacks."""
+    import subprocess
+    import sys
+
+    code = ("from streamd.pipeline import ContinuationPipeline; import diffusers, transformers; "
+            "p = ContinuationPipeline.from_spec('tiny-random', weights='int8'); print(p.bundle.weights)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "int8", proc.stderr
+    assert "torchao" not in proc.stderr and "Warning" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr

@@ -22,8 +22,10 @@ def test_the_published_model_from_configs_alone(longcat) -> None:
     p = DiTParams.of(LONGCAT_13B)
     assert p.total == 13_581_071_424
     assert dit_weight_bytes(p, 48, 2) == 27_162_142_848  # bf16
-    # int8/fp8: 1 byte per value of the blocks' linear weights + a bf16 scale per row; the rest stays bf16
-    assert dit_weight_bytes(p, 48, 2, "int8") == dit_weight_bytes(p, 48, 2, "fp8") == 13_630_941_312
+    # int8/fp8: 1 byte per value of the blocks' linear weights but the adaLN modulation's, + torchao's per-row scale
+    # (int8: fp32 scale + int8 zero point; fp8: fp32 scale); the rest stays bf16
+    assert dit_weight_bytes(p, 48, 2, "int8") == 14_241_040_512
+    assert dit_weight_bytes(p, 48, 2, "fp8") == 14_238_214_272
     # sharded over 4 ranks: a quarter, plus two whole blocks in flight
     assert dit_weight_bytes(p, 48, 2, ranks=4, sharded=True) == 27_162_142_848 // 4 + 2 * p.per_block * 2
     assert longcat.text_params == 5_680_910_336  # UMT5-XXL encoder
