@@ -37,6 +37,11 @@ def _add_cp_arg(p: argparse.ArgumentParser) -> None:
                    help="split each denoising step over N ranks on this host (one GPU each; N divides the heads)")
 
 
+def _add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="compile each DiT block with torch.compile (built before the first chunk; see README)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="streamd", description="Live streaming video continuation (LongCat-Video)")
@@ -49,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=_positive_int, default=2, help="segments to generate")
     _add_sampling_args(p)
     _add_cp_arg(p)
+    _add_compile_arg(p)
 
     p = sub.add_parser("demo", help="run the daemon, send video over WHIP, receive the generated video over ZeroMQ")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
@@ -86,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="instance name (default: the host name)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     _add_cp_arg(p)
+    _add_compile_arg(p)
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode of --compile (reduce-overhead: CUDA graphs, CUDA only)")
 
     p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
     p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     _add_cp_arg(p)
+    _add_compile_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("e2e", help="the daemon end to end (WHIP in, ZeroMQ out) beside the bare engine")
     p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
@@ -129,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _add_compile_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("quality", help="continuation quality on held-out clips vs copy-last and linear "
                                         "extrapolation; 60 s drift; prompt effect")
@@ -192,6 +203,10 @@ def cmd_continue(args: argparse.Namespace) -> int:
         pipeline, params = _pipeline_and_params(args)
         if ranks is not None:
             ranks.connect(pipeline.dit)
+        if args.compile:  # the first chunk builds the graphs
+            from .model.compiled import compile_blocks
+
+            compile_blocks(pipeline.dit)
         print(_describe(pipeline), file=sys.stderr)
         update, close = _progress_bar("denoising")
         try:
@@ -317,13 +332,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench == "stream":
         result = run_stream_bench(StreamBenchConfig(
             model=args.model, streams=args.streams, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
-            device=args.device,
+            device=args.device, compile=bool(args.compile),
         ))
     elif args.bench == "denoise":
         result = run_denoise_bench(DenoiseBenchConfig(
             model=args.model, cond_latents=args.cond_latents, noise_latents=args.noise_latents,
             height=args.height, width=args.width, repeats=args.repeats, device=args.device,
-            context_parallel=args.context_parallel or 1,
+            context_parallel=args.context_parallel or 1, compile=bool(args.compile),
         ))
     else:  # pragma: no cover - argparse restricts the choices
         raise SystemExit(f"unknown benchmark {args.bench}")
@@ -352,6 +367,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "webrtc.host_addresses": tuple(args.ice_address) if args.ice_address else None,
         "mqtt.broker": args.mqtt, "mqtt.prefix": args.mqtt_prefix, "instance": args.instance,
         "log_level": args.log_level, "engine.context_parallel": args.context_parallel,
+        "model.compile": args.compile, "model.compile_mode": args.compile_mode,
     }
     if args.http:
         overrides["http.host"], overrides["http.port"] = _host_port(args.http)

@@ -101,7 +101,8 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # contiguous: every block then sees x [B, N, C] with the same strides (one compiled graph for all blocks)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class TimestepEmbedder(nn.Module):
