@@ -302,9 +302,17 @@ class Daemon:
                  self.pipeline.device, bundle.description,
                  "" if bundle.trained else " -- random weights: output is structured noise")
         e = cfg.engine
+        if cfg.model.compile:  # the graphs are built by the warm-up below, before READY
+            from .model.compiled import CompileOptions, compile_blocks
+
+            cache_dir = compile_blocks(self.pipeline.dit, CompileOptions(cfg.model.compile_mode,
+                                                                         cfg.model.compile_cache_dir))
+            log.info("compiling the DiT blocks (mode %s, cache %s) in the warm-up", cfg.model.compile_mode,
+                     cache_dir)
         core = EngineCore(self.pipeline, e, ranks=self.ranks, budget=plan.stream_budget)
         warm = await asyncio.to_thread(core.executor.warm_up)
-        log.info("warm-up step at %dx%d took %.2f s", bundle.width, bundle.height, warm)
+        log.info("warm-up at %dx%d took %.2f s%s", bundle.width, bundle.height, warm,
+                 " (compiled blocks)" if self.pipeline.dit.compiled else "")
         runner = EngineRunner(core, output_capacity=e.output_queue)
 
         def observe_chunk(out: ChunkOutput) -> None:  # engine thread: latency from the newest live frame
@@ -313,6 +321,8 @@ class Daemon:
 
         def observe_step(outcome: StepOutcome) -> None:  # engine thread
             self.metrics.step_seconds.observe(outcome.result.seconds)
+            for phase, seconds in (outcome.result.phases or {}).items():  # a chunk's last step
+                self.metrics.chunk_phase_seconds.labels(phase).observe(seconds)
 
         runner.on_chunk = observe_chunk
         runner.on_step = observe_step
@@ -360,9 +370,11 @@ class Daemon:
             if not runner.is_current(out):
                 continue
             try:
+                started = time.perf_counter()
                 self.publisher.publish_chunk(out)
                 if self.whep is not None:
                     self.whep.offer_chunk(out.stream_id, out.frames, out.pts_ns)
+                self.metrics.chunk_phase_seconds.labels("publish").observe(time.perf_counter() - started)
             except Exception:
                 self.publish_errors += 1
                 self._publish_failed_at = time.monotonic()

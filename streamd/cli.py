@@ -50,6 +50,11 @@ def _add_memory_args(p: argparse.ArgumentParser, plan: bool = False) -> None:
                    help="memory per rank the plan may use, e.g. 24GiB (default: free memory at start)")
 
 
+def _add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="compile each DiT block with torch.compile (built before the first chunk; see README)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="streamd", description="Live streaming video continuation (LongCat-Video)")
@@ -62,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=_positive_int, default=2, help="segments to generate")
     _add_sampling_args(p)
     _add_cp_arg(p)
+    _add_compile_arg(p)
     _add_memory_args(p)
 
     p = sub.add_parser("plan", help="the memory plan: what each rank holds, whether it fits, the cheapest fix")
@@ -114,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     _add_cp_arg(p)
     _add_memory_args(p)
+    _add_compile_arg(p)
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode of --compile (reduce-overhead: CUDA graphs, CUDA only)")
 
     p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
     p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=["bf16", "int8", "fp8"], default="bf16", help="DiT block weights")
     p.add_argument("--shard-weights", action="store_true",
                    help="shard the DiT's blocks over the context-parallel ranks (FSDP2)")
+    _add_compile_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("e2e", help="the daemon end to end (WHIP in, ZeroMQ out) beside the bare engine")
     p.add_argument("--model", default="tiny", help="tiny, small or a checkpoint folder")
@@ -161,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _add_compile_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the only output format)")
     p = bsub.add_parser("quality", help="continuation quality on held-out clips vs copy-last and linear "
                                         "extrapolation; 60 s drift; prompt effect")
@@ -237,6 +248,10 @@ def cmd_continue(args: argparse.Namespace) -> int:
                                                 weights=args.weights or "bf16")
         if ranks is not None:
             ranks.connect(pipeline.dit, plan.sharded)
+        if args.compile:  # the first chunk builds the graphs
+            from .model.compiled import compile_blocks
+
+            compile_blocks(pipeline.dit)
         print(_describe(pipeline), file=sys.stderr)
         update, close = _progress_bar("denoising")
         try:
@@ -362,13 +377,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench == "stream":
         result = run_stream_bench(StreamBenchConfig(
             model=args.model, streams=args.streams, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
-            device=args.device,
+            device=args.device, compile=bool(args.compile),
         ))
     elif args.bench == "denoise":
         result = run_denoise_bench(DenoiseBenchConfig(
             model=args.model, cond_latents=args.cond_latents, noise_latents=args.noise_latents,
             height=args.height, width=args.width, repeats=args.repeats, device=args.device,
             context_parallel=args.context_parallel or 1, shard_weights=args.shard_weights, weights=args.weights,
+            compile=bool(args.compile),
         ))
     elif args.bench == "gpu":
         from .bench.gpu import NoCudaError, run_gpu_check
@@ -434,6 +450,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level, "engine.context_parallel": args.context_parallel,
         "model.weights": args.weights, "model.text_encoder": args.text_encoder,
         "model.shard_weights": args.shard_weights, "model.gpu_memory": args.gpu_memory,
+        "model.compile": args.compile, "model.compile_mode": args.compile_mode,
     }
     if args.http:
         overrides["http.host"], overrides["http.port"] = _host_port(args.http)

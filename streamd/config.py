@@ -41,6 +41,10 @@ class ModelSettings:
     spec: str = "tiny"  # embedded preset name or checkpoint folder
     device: str | None = None  # cpu, cuda, cuda:1; None: cuda when available
     distilled: bool | None = None  # checkpoint: merge the distilled LoRA (None: when present)
+    # Compiled DiT blocks (model/compiled.py): built in the warm-up, before READY. Off by default: eager runs.
+    compile: bool = False
+    compile_mode: str = "default"  # "default"; "reduce-overhead" = CUDA graphs (CUDA only); "max-autotune"
+    compile_cache_dir: Path | None = None  # None: $STATE_DIRECTORY/compile, else ~/.cache/streamd/compile
     # The memory plan (engine/plan.py) accounts for these; `serve` refuses int8/fp8 and sharding until they exist.
     weights: str = "bf16"  # bf16 | int8 | fp8: the DiT blocks' linear weights
     text_encoder: str = "auto"  # auto | gpu | cpu: where the text encoder lives (auto: the GPU when it fits)
@@ -194,6 +198,8 @@ class ServeConfig:
         _check(self.mqtt.prefix is None or (bool(self.mqtt.prefix) and not any(c in self.mqtt.prefix for c in "#+")),
                "mqtt.prefix must be non-empty and free of MQTT wildcards")
         _check(self.log_level in ("debug", "info", "warning", "error"), "log_level must be debug/info/warning/error")
+        _check(self.model.compile_mode in ("default", "reduce-overhead", "max-autotune"),
+               "model.compile_mode must be default, reduce-overhead or max-autotune")
         self._check_exposure()
 
     def _check_exposure(self) -> None:

@@ -46,6 +46,7 @@ class DenoiseBenchConfig:
     context_parallel: int = 1
     shard_weights: bool = False  # shard the DiT blocks over the context-parallel ranks (needs context_parallel > 1)
     weights: str = "bf16"  # bf16 (the model dtype), int8 or fp8: see model/quant.py
+    compile: bool = False  # also time compiled blocks, alternating with eager in the same run
 
 
 def _sync(device: torch.device) -> None:
@@ -71,11 +72,30 @@ def _load(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[LongCatV
     return LongCatVideoDiT.from_pretrained(dit_dir, device=device, dtype=dtype), 480, 832, 512
 
 
+MATMUL_SIDE = 2048  # the machine's own figure: an fp32 (bf16 on CUDA) matmul of this side, best of MATMUL_REPEATS
+MATMUL_REPEATS = 5
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, side: int = MATMUL_SIDE) -> float:
+    """FLOP/s of a large square matmul on this device, now: what the DiT's own matmuls could reach at best."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(side, side, generator=gen).to(device, dtype)
+    b = torch.randn(side, side, generator=gen).to(device, dtype)
+    a @ b  # warm-up (BLAS threads, cuBLAS handles)
+    best = min(_time(lambda: a @ b, device) for _ in range(MATMUL_REPEATS))
+    return 2 * side**3 / best
+
+
 def _peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in _BF16_PEAKS.items() if k in name), None)
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (fp32)."""
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 def run_denoise_bench(cfg: DenoiseBenchConfig) -> dict[str, Any]:
@@ -187,6 +207,16 @@ def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None
         return dit(full, t_full, text, mask, num_cond_latents=cfg.cond_latents)[:, :, cfg.cond_latents:]
 
     out_cached, out_uncached = cached(), uncached()  # warm-up, and the outputs compared below
+    compile_s: float | None = None
+    if cfg.compile:  # builds the graphs now (timed), so the loop below times only steady steps
+        from ..model.compiled import compile_blocks
+
+        compile_blocks(dit)
+        started = time.perf_counter()
+        dit.prefill(cond, cache=cache)
+        comp_cached, comp_uncached = cached(), uncached()
+        compile_s = time.perf_counter() - started
+        dit.compiled = False
     moved: dict[str, dict[str, int]] = {}
     gathered: dict[str, int] = {}
     if cp is not None:  # what one step of each kind sends (the same every step)
@@ -200,10 +230,17 @@ def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None
             if shards is not None:  # received by this rank: (N-1)/N of every block's weights
                 gathered[name] = shards.gathered_bytes
     cached_s, uncached_s = [], []
-    for _ in range(cfg.repeats):  # alternate so drifting machine load hits both paths alike
+    compiled_s: dict[str, list[float]] = {"cached": [], "uncached": []}
+    for _ in range(cfg.repeats):  # alternate so drifting machine load hits both paths (and both modes) alike
         cached_s.append(_time(cached, device))
         uncached_s.append(_time(uncached, device))
+        if cfg.compile:
+            dit.compiled = True
+            compiled_s["cached"].append(_time(cached, device))
+            compiled_s["uncached"].append(_time(uncached, device))
+            dit.compiled = False
     step_cached, step_uncached = statistics.median(cached_s), statistics.median(uncached_s)
+    machine = matmul_flops(device, dtype)
 
     tokens_per_frame = (h // c.patch_size[1]) * (w // c.patch_size[2])
     flops = {
@@ -254,6 +291,22 @@ def _measure(cfg: DenoiseBenchConfig, group: Any = None, device_name: str | None
                                for k in ("rows", "cols"))
         result["collective_bytes_per_step"] = moved  # sent by this rank
         result["kv_cache_heads"] = cache.heads
+    result["matmul_flops_per_s"] = machine  # this machine's large-matmul figure, measured in this run
+    result["cached_fraction_of_matmul"] = flops[True] / step_cached / machine
+    result["uncached_fraction_of_matmul"] = flops[False] / step_uncached / machine
+    if cfg.compile:
+        assert compile_s is not None
+        comp = {k: statistics.median(v) for k, v in compiled_s.items()}
+        result["compiled"] = {
+            "compile_s": compile_s,
+            "cached_step_s": comp["cached"],
+            "uncached_step_s": comp["uncached"],
+            "cached_speedup": step_cached / comp["cached"],  # compiled vs eager, same run
+            "uncached_speedup": step_uncached / comp["uncached"],
+            "cached_fraction_of_matmul": flops[True] / comp["cached"] / machine,
+            "uncached_fraction_of_matmul": flops[False] / comp["uncached"] / machine,
+            "max_rel_diff": max(rel_diff(comp_cached, out_cached), rel_diff(comp_uncached, out_uncached)),
+        }
     peak = _peak_flops(device)
     if peak:
         result["peak_bf16_flops"] = peak

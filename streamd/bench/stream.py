@@ -7,12 +7,13 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from ..engine.core import EngineCore
+from ..edges.zmq import FramePublisher
+from ..engine.core import EngineCore, StepOutcome
 from ..engine.params import EngineConfig, StreamParams
 from ..engine.runner import EngineRunner
 from ..media import synthetic_clip
@@ -32,6 +33,7 @@ class StreamBenchConfig:
     guidance: float | None = None
     device: str | None = None
     source_fps: float = 15.0
+    compile: bool = False  # compiled DiT blocks (built in the warm-up, reported as warm_up_s)
 
 
 def _rss() -> int:
@@ -54,7 +56,19 @@ async def _feed(runner: EngineRunner, stream_id: str, frames: np.ndarray, fps: f
 async def _run(cfg: StreamBenchConfig, pipeline: ContinuationPipeline) -> dict[str, Any]:
     # unpaced: the benchmark measures capacity, not the real-time regime the daemon runs in
     core = EngineCore(pipeline, EngineConfig(max_streams=max(cfg.streams, 1), realtime=False))
+    warm_up_s = core.executor.warm_up()  # as the daemon does before READY (builds the graphs when compiled)
     runner = EngineRunner(core)
+    phases: list[Mapping[str, float]] = []  # per chunk, in the engine thread (a list append is atomic)
+
+    def observe(outcome: StepOutcome) -> None:
+        if outcome.result.phases is not None:
+            phases.append(outcome.result.phases)
+
+    runner.on_step = observe
+    # publish as the daemon does: every chunk onto a ZeroMQ XPUB socket (in-process endpoint, no subscriber)
+    publisher = FramePublisher(f"inproc://streamd-bench-{id(core)}", fps=core.config.fps)
+    publisher.start()
+    publish_s: list[float] = []
     params = StreamParams(steps=cfg.steps, guidance=cfg.guidance, seed=0)
     clip = synthetic_clip(64, pipeline.bundle.height, pipeline.bundle.width, seed=1).frames
     for i in range(cfg.streams):
@@ -70,6 +84,9 @@ async def _run(cfg: StreamBenchConfig, pipeline: ContinuationPipeline) -> dict[s
     started = time.monotonic()
     try:
         async for out in runner.outputs():
+            published = time.perf_counter()
+            publisher.publish_chunk(out)
+            publish_s.append(time.perf_counter() - published)
             latencies.append(out.seconds)
             sources[out.source.value] += 1
             frames_out += len(out.frames)
@@ -83,6 +100,7 @@ async def _run(cfg: StreamBenchConfig, pipeline: ContinuationPipeline) -> dict[s
         stop.set()
         await asyncio.gather(*feeders)
         runner.stop()
+        publisher.close()
     if runner.error is not None:
         raise RuntimeError(f"the engine failed: {runner.error}")
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else latencies * 19
@@ -107,11 +125,25 @@ async def _run(cfg: StreamBenchConfig, pipeline: ContinuationPipeline) -> dict[s
         "steps": core.executor.chunk_params(params).steps,
         "height": pipeline.bundle.height,
         "width": pipeline.bundle.width,
+        "compiled": pipeline.dit.compiled,
+        "warm_up_s": warm_up_s,
+        **_breakdown(phases, publish_s),
     }
     if cuda:
         result["cuda_mem_growth_bytes"] = torch.cuda.memory_allocated() - cuda_base
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     return result
+
+
+def _breakdown(phases: list[Mapping[str, float]], publish_s: list[float]) -> dict[str, Any]:
+    """Mean seconds per chunk in each phase, and each phase's share of their sum."""
+    if not phases:
+        return {}
+    mean = {name: statistics.fmean(p[name] for p in phases) for name in phases[0]}
+    mean["publish"] = statistics.fmean(publish_s) if publish_s else 0.0
+    total = sum(mean.values())
+    return {"chunk_phase_s": mean, "chunk_phase_fraction": {k: v / total for k, v in mean.items()},
+            "chunk_phase_total_s": total}
 
 
 def run_stream_bench(cfg: StreamBenchConfig) -> dict[str, Any]:
@@ -120,4 +152,8 @@ def run_stream_bench(cfg: StreamBenchConfig) -> dict[str, Any]:
         raise ValueError("streams and chunks must be at least 1")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = ContinuationPipeline.from_spec(cfg.model, device=device)
+    if cfg.compile:
+        from ..model.compiled import compile_blocks
+
+        compile_blocks(pipeline.dit)
     return asyncio.run(_run(cfg, pipeline))

@@ -16,6 +16,9 @@ from prometheus_client.registry import Collector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# a chunk's phases: a millisecond publish on the CPU up to minutes of denoising of the 13.6B model
+PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+CHUNK_PHASES = ("encode", "prefill", "denoise", "decode", "publish")  # the label values of the phase histogram
 
 
 class Readings(TypedDict):
@@ -100,6 +103,13 @@ class Metrics:
         self.step_seconds = Histogram("streamd_step_seconds", "Wall time of one denoising step (encode, prefill and "
                                       "decode included in a chunk's first and last step)",
                                       buckets=STEP_BUCKETS, registry=self.registry)
+        self.chunk_phase_seconds = Histogram(
+            "streamd_chunk_phase_seconds",
+            "Where a chunk's time goes: encode (frames to latents, prompt, noise), prefill (KV cache), denoise (all "
+            "its steps), decode (latents to frames) and publish (ZeroMQ and WHEP fan-out)",
+            ["phase"], buckets=PHASE_BUCKETS, registry=self.registry)
+        for phase in CHUNK_PHASES:  # every series exists from the start (0 counts), so dashboards see the family
+            self.chunk_phase_seconds.labels(phase)
         self.registry.register(_Readings(read))
 
     def render(self) -> bytes:

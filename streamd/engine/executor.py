@@ -18,7 +18,7 @@ step is then a failure of the whole group (`ranks.fail`). Without `ranks` none o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from .window import Chaining, Source, cond_frames_for
 
 
 WARM_UP_STREAM = "\0warm-up"  # the warm-up step's stream id (no client can name a stream so)
+# Where a chunk's engine time goes, in order ("publish" is timed by the daemon's fan-out)
+CHUNK_PHASES = ("encode", "prefill", "denoise", "decode")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _Chunk:
     generation: int
     chunk: int
     denoise: DenoiseState
+    phases: dict[str, float]  # seconds per phase so far (CHUNK_PHASES)
 
 
 @dataclass
@@ -128,7 +131,22 @@ class Executor:
         self._step(WARM_UP_STREAM, state)
         if self.ranks is not None:
             self.ranks.release(WARM_UP_STREAM)
+        if self.pipeline.dit.compiled and self.ranks is None:
+            self._warm_compiled(cond, params, cache)
         return time.perf_counter() - started
+
+    def _warm_compiled(self, cond: torch.Tensor, params: ChunkParams, cache: KVCache | None) -> None:
+        """Compile every graph a stream can meet, before READY. Token counts are dynamic (one graph serves every
+        window fill and frame size), but dynamo specialises sizes of 1 apart (see model/compiled.py): a step
+        without guidance (batch 1) and with it (batch 2), and a one-latent window beside a longer one."""
+        windows = [cond] if cond.shape[2] == 1 else [cond, cond[:, :, -1:]]
+        for window in windows:
+            for guidance in (1.0, 4.0):
+                variant = replace(params, guidance=guidance)
+                state = self.pipeline.begin_denoise(window, self.config.prompt, variant, cache=cache)
+                if state.cache is not None:
+                    self.pipeline.prefill(state.cond, cache=state.cache)
+                self.pipeline.denoise_step(state)
 
     def idle(self) -> None:
         """Called when no stream can run: keeps worker ranks from mistaking a quiet engine for a dead one."""
@@ -178,7 +196,15 @@ class Executor:
             cond = cond + plan.params.cond_noise * noise
         return cond
 
+    def _clock(self) -> float:
+        """perf_counter after the device's queued work (CUDA runs asynchronously; a phase ends when its work does)."""
+        device = self.pipeline.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     def _begin(self, plan: StepPlan[np.ndarray]) -> _Chunk:
+        started = self._clock()
         gen = torch.Generator().manual_seed(plan.seed)
         params = self.chunk_params(plan.params)
         cond = self._cond_latents(plan, gen)
@@ -190,8 +216,11 @@ class Executor:
                 cache = self._caches[plan.stream_id] = self._new_cache(tokens)
         # the noise is drawn before the prefill, which draws nothing: the same chunk as prefilling first
         state = self.pipeline.begin_denoise(cond, plan.params.prompt, params, cache=cache, generator=gen)
+        encoded = self._clock()  # frames -> latents, prompt -> text states, the noise
         self._start(plan.stream_id, state, tokens)
-        return _Chunk(plan.generation, plan.chunk.chunk, state)
+        phases = dict.fromkeys(CHUNK_PHASES, 0.0)
+        phases["encode"], phases["prefill"] = encoded - started, self._clock() - encoded
+        return _Chunk(plan.generation, plan.chunk.chunk, state, phases)
 
     def _new_cache(self, tokens: int) -> KVCache:
         dit = self.pipeline.dit
@@ -236,9 +265,12 @@ class Executor:
             raise RuntimeError(f"stream {plan.stream_id}: step {plan.step} planned, the chunk is at "
                                f"{chunk.denoise.step}")
         state = chunk.denoise
+        denoise_started = self._clock()
         self._step(plan.stream_id, state)
         if self.config.step_delay_s > 0:
             time.sleep(self.config.step_delay_s)
+        decode_started = self._clock()
+        chunk.phases["denoise"] += decode_started - denoise_started
         frames = None
         if state.done:
             del self._chunks[plan.stream_id]
@@ -246,4 +278,6 @@ class Executor:
             if plan.params.chaining is Chaining.LATENT:
                 window = torch.cat([state.cond, state.x.to(state.cond.dtype)], dim=2)[:, :, -self.config.cond_latents:]
                 self._latents[plan.stream_id] = _Latents(plan.generation, window)
-        return StepResult(state.steps, time.perf_counter() - started, frames)
+            chunk.phases["decode"] = self._clock() - decode_started
+        phases = dict(chunk.phases) if state.done else None
+        return StepResult(state.steps, time.perf_counter() - started, frames, phases)

@@ -27,7 +27,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 from .memory import AdmissionError, MemoryBudget
 from .params import EngineConfig, StreamParams
@@ -116,6 +116,8 @@ class StepResult:
     steps: int  # the chunk's step count
     seconds: float  # how long the step took
     frames: Sequence[Any] | None = None  # the decoded chunk, after its last step
+    # after its last step: seconds the chunk spent per phase (encode, prefill, denoise = all its steps, decode)
+    phases: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)

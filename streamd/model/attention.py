@@ -29,15 +29,17 @@ def _flash_kernel() -> tuple[str, Callable[..., Any]] | None:
 
 def attention_backend(device: torch.device, dtype: torch.dtype) -> str:
     """Which kernel `attention` uses for tensors on this device and dtype: 'fa3', 'fa2' or 'sdpa'."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
     kernel = _flash_kernel()
-    if kernel is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return kernel[0]
-    return "sdpa"
+    return "sdpa" if kernel is None else kernel[0]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Dense attention, no mask. q: [B, H, Sq, D]; k, v: [B, H, Sk, D] -> [B, H, Sq, D]; scale 1/sqrt(D)."""
-    if attention_backend(q.device, q.dtype) != "sdpa":
+    # Compiled blocks (compiled.py) use SDPA, whose CUDA flash backend is FlashAttention-2: dynamo cannot trace
+    # the optional package's import without a graph break.
+    if not torch.compiler.is_compiling() and attention_backend(q.device, q.dtype) != "sdpa":
         _, fn = _flash_kernel()  # type: ignore[misc]
         # FlashAttention takes [B, S, H, D]
         out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=q.shape[-1] ** -0.5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -100,7 +101,8 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # contiguous: every block then sees x [B, N, C] with the same strides (one compiled graph for all blocks)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class TimestepEmbedder(nn.Module):
@@ -192,8 +194,28 @@ class FeedForwardSwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+@dataclass(frozen=True)
+class BlockPaths:
+    """One block's per-path callables (`LongCatBlock.forward_cached` and friends, eager or compiled)."""
+
+    cached: Callable[..., torch.Tensor]
+    uncached: Callable[..., torch.Tensor]
+    prefill: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    prefill_kv: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def eager(cls, block: "LongCatBlock") -> "BlockPaths":
+        """The block's own methods."""
+        return cls(block.forward_cached, block.forward_uncached, block.forward_prefill, block.prefill_kv)
+
+
 class LongCatBlock(nn.Module):
-    """One single-stream block: modulated self-attention, cross-attention, modulated SwiGLU."""
+    """One single-stream block: modulated self-attention, cross-attention, modulated SwiGLU.
+
+    Each path has its own method with a fixed signature (`forward_cached`, `forward_uncached`, `forward_prefill`,
+    `prefill_kv`), so that a compiled block gets one clean graph per path instead of one per keyword combination
+    (see compiled.py). `forward` keeps the general signature for context parallelism, which runs eager.
+    """
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -208,6 +230,84 @@ class LongCatBlock(nn.Module):
         """t_emb: [B, F, Dt] -> six fp32 tensors [B, F, 1, C]: shift/scale/gate for attention, then for FFN."""
         return list(_linear_per_frame(self.adaLN_modulation[1], F.silu(t_emb)).unsqueeze(2).chunk(6, dim=-1))
 
+    # ------------------------------------------------------------------------------------ pieces of every path
+    def _qkv(self, x: torch.Tensor, mods: Sequence[torch.Tensor], frames: int) -> tuple[torch.Tensor, ...]:
+        """x: [B, N, C] -> q, k (normed, pre-RoPE), v: [B, heads, N, head_dim]."""
+        return self.attn.qkv_heads(_modulate(x, mods[0], mods[1], frames))
+
+    def _finish(self, x: torch.Tensor, attn_out: torch.Tensor, mods: Sequence[torch.Tensor], frames: int,
+                text: torch.Tensor | None, text_mask: torch.Tensor | None, nc: int) -> torch.Tensor:
+        """After self-attention: gated residual, cross-attention for all but the first `nc` tokens, gated SwiGLU.
+
+        x: [B, N, C]; attn_out: [B, heads, N, head_dim] -> [B, N, C].
+        """
+        x = _gated_residual(x, mods[2], self.attn.merge(attn_out), frames)
+        if text is not None:
+            normed = _layer_norm_fp32(x[:, nc:], self.pre_crs_attn_norm).to(x.dtype)
+            update = self.cross_attn(normed, text, text_mask)
+            # conditioning tokens get a zero cross-attention output
+            x = torch.cat([x[:, :nc], x[:, nc:] + update], dim=1) if nc else x + update
+        ffn_out = self.ffn(_modulate(x, mods[3], mods[4], frames))
+        return _gated_residual(x, mods[5], ffn_out, frames)
+
+    # ------------------------------------------------------------------------------------ one method per path
+    def forward_cached(
+        self, x: torch.Tensor, t_emb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+        cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        cos_c: torch.Tensor, sin_c: torch.Tensor,
+    ) -> torch.Tensor:
+        """Noise tokens x [B, N, C] after cached conditioning K (pre-RoPE), V [1 or B, heads, N_c, head_dim].
+
+        cos, sin: [N, head_dim] RoPE of x's tokens; cos_c, sin_c: [N_c, head_dim] of the cached tokens.
+        """
+        frames = t_emb.shape[1]
+        mods = self.modulation(t_emb)
+        q, k, v = self._qkv(x, mods, frames)
+        b = q.shape[0]
+        # A batch-1 cache serves every guidance branch: expand is a view; cat makes the one copy SDPA needs.
+        k_all = torch.cat([apply_rope(k_cache, cos_c, sin_c).expand(b, -1, -1, -1), apply_rope(k, cos, sin)], dim=2)
+        v_all = torch.cat([v_cache.expand(b, -1, -1, -1), v], dim=2)
+        out = attention(apply_rope(q, cos, sin), k_all, v_all)
+        return self._finish(x, out, mods, frames, text, text_mask, 0)
+
+    def forward_uncached(
+        self, x: torch.Tensor, t_emb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+        cos: torch.Tensor, sin: torch.Tensor, num_cond_tokens: int,
+    ) -> torch.Tensor:
+        """[cond ; noise] tokens x [B, N, C]; the first `num_cond_tokens` attend only among themselves and get no
+        cross-attention (block-causal). cos, sin: [N, head_dim]."""
+        frames = t_emb.shape[1]
+        mods = self.modulation(t_emb)
+        q, k, v = self._qkv(x, mods, frames)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = self._block_causal_attention(q, k, v, num_cond_tokens)
+        return self._finish(x, out, mods, frames, text, text_mask, num_cond_tokens)
+
+    def forward_prefill(
+        self, x: torch.Tensor, t_emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Conditioning tokens only (no text): x [1, N_c, C] -> (x, K pre-RoPE, V [1, heads, N_c, head_dim])."""
+        frames = t_emb.shape[1]
+        mods = self.modulation(t_emb)
+        q, k, v = self._qkv(x, mods, frames)
+        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        return self._finish(x, out, mods, frames, None, None, 0), k, v
+
+    def prefill_kv(self, x: torch.Tensor, t_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block of a prefill needs only its K (pre-RoPE) and V: [1, heads, N_c, head_dim] each."""
+        mods = self.modulation(t_emb)
+        _, k, v = self._qkv(x, mods, t_emb.shape[1])
+        return k, v
+
+    @staticmethod
+    def _block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nc: int) -> torch.Tensor:
+        """Conditioning queries (the first nc) see conditioning keys only; the others see every key."""
+        if nc <= 0:
+            return attention(q, k, v)
+        out_cond = attention(q[:, :, :nc], k[:, :, :nc], v[:, :, :nc])
+        out_noise = attention(q[:, :, nc:], k, v)
+        return torch.cat([out_cond, out_noise], dim=2)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -221,7 +321,8 @@ class LongCatBlock(nn.Module):
         return_kv: bool = False,
         shard: Shard | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Run the block.
+        """Run the block, any path, any keyword combination (the model calls the per-path methods directly
+        without context parallelism; this general entry serves `shard` and callers that mix flags).
 
         x: [B, N, C]; t_emb: [B, F, Dt] with F = frames (or 1 for one timestep per sample);
         rope: cos/sin [N, head_dim] for this block's query tokens.
@@ -234,10 +335,10 @@ class LongCatBlock(nn.Module):
         all real tokens, D] before RoPE and attention, and back after; the returned K, V are head-sharded;
         num_cond_tokens then counts this rank's local conditioning tokens.
         """
+        cos, sin = rope
         frames = t_emb.shape[1]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_emb)
-
-        q, k, v = self.attn.qkv_heads(_modulate(x, shift_msa, scale_msa, frames))
+        mods = self.modulation(t_emb)
+        q, k, v = self._qkv(x, mods, frames)
         nc_attn = num_cond_tokens
         if shard is not None:  # every real token, this rank's heads
             if kv_only:
@@ -246,35 +347,19 @@ class LongCatBlock(nn.Module):
             nc_attn = shard.cond_tokens(num_cond_tokens)
         elif kv_only:
             return k, v
-        cos, sin = rope
         q, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k_cache, v_cache, (cos_c, sin_c) = cache
             b = q.shape[0]
-            # A batch-1 cache serves every guidance branch: expand is a view; cat makes the one copy SDPA needs.
             k_all = torch.cat([apply_rope(k_cache, cos_c, sin_c).expand(b, -1, -1, -1), k_rot], dim=2)
             v_all = torch.cat([v_cache.expand(b, -1, -1, -1), v], dim=2)
             out = attention(q, k_all, v_all)
-        elif nc_attn > 0:
-            nc = nc_attn
-            out_cond = attention(q[:, :, :nc], k_rot[:, :, :nc], v[:, :, :nc])
-            out_noise = attention(q[:, :, nc:], k_rot, v)
-            out = torch.cat([out_cond, out_noise], dim=2)
         else:
-            out = attention(q, k_rot, v)
+            out = self._block_causal_attention(q, k_rot, v, nc_attn)
         if shard is not None:
             out = shard.to_tokens(out)
-        x = _gated_residual(x, gate_msa, self.attn.merge(out), frames)
-
-        if text is not None:
-            nc = 0 if cache is not None else num_cond_tokens
-            normed = _layer_norm_fp32(x[:, nc:], self.pre_crs_attn_norm).to(x.dtype)
-            update = self.cross_attn(normed, text, text_mask)
-            # conditioning tokens get a zero cross-attention output
-            x = torch.cat([x[:, :nc], x[:, nc:] + update], dim=1) if nc else x + update
-
-        ffn_out = self.ffn(_modulate(x, shift_mlp, scale_mlp, frames))
-        x = _gated_residual(x, gate_mlp, ffn_out, frames)
+        x = self._finish(x, out, mods, frames, text, text_mask,
+                         0 if cache is not None else num_cond_tokens)
         return (x, k, v) if return_kv else x
 
 
@@ -332,6 +417,22 @@ class LongCatVideoDiT(nn.Module):
         self.final_layer = FinalLayer(config)
         self._rope_cache: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.context_parallel: ContextParallel | None = None  # set by `set_context_parallel`
+        # Compiled per-block paths (one entry per block, see compiled.py); used while `compiled` is True.
+        self._compiled_paths: list[BlockPaths] | None = None
+        self.compiled = False
+
+    def set_compiled_paths(self, paths: Sequence[BlockPaths] | None) -> None:
+        """Run each block through `paths[i]` (compiled callables) from now on; None goes back to eager."""
+        if paths is not None and len(paths) != len(self.blocks):
+            raise ValueError(f"{len(paths)} compiled block paths for {len(self.blocks)} blocks")
+        self._compiled_paths = list(paths) if paths is not None else None
+        self.compiled = paths is not None
+
+    def block_paths(self, index: int) -> BlockPaths:
+        """Block `index`'s per-path callables: compiled ones when `compiled`, else the eager methods."""
+        if self.compiled and self._compiled_paths is not None:
+            return self._compiled_paths[index]
+        return BlockPaths.eager(self.blocks[index])
 
     def set_context_parallel(self, cp: ContextParallel | None) -> None:
         """Run every later forward and prefill split over `cp`'s ranks (None or size 1: one process).
@@ -502,7 +603,10 @@ class LongCatVideoDiT(nn.Module):
                 h = x
                 for i, block in enumerate(blocks):
                     k_c, v_c = kv_cache.layer(i)
-                    h = block(h, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache), shard=shard)
+                    if shard is None:
+                        h = self.block_paths(i).cached(h, t_emb, y, y_mask, *rope, k_c, v_c, *rope_cache)
+                    else:
+                        h = block(h, t_emb, y, y_mask, rope, cache=(k_c, v_c, rope_cache), shard=shard)
                 return h
 
             x = self.blocks(cached)
@@ -510,12 +614,15 @@ class LongCatVideoDiT(nn.Module):
             if not 0 <= num_cond_latents <= grid[0]:
                 raise ValueError(f"num_cond_latents={num_cond_latents} is outside 0..{grid[0]}")
             rope = self._rope(grid, 0, x.device)
+            nc = num_cond_latents * tokens_per_frame
 
             def uncached(blocks: BlockList) -> torch.Tensor:
                 h = x
-                for block in blocks:
-                    h = block(h, t_emb, y, y_mask, rope, num_cond_tokens=num_cond_latents * tokens_per_frame,
-                              shard=shard)
+                for i, block in enumerate(blocks):
+                    if shard is None:
+                        h = self.block_paths(i).uncached(h, t_emb, y, y_mask, *rope, nc)
+                    else:
+                        h = block(h, t_emb, y, y_mask, rope, num_cond_tokens=nc, shard=shard)
                 return h
 
             x = self.blocks(uncached)
@@ -552,7 +659,13 @@ class LongCatVideoDiT(nn.Module):
         def fill(blocks: BlockList) -> None:
             h = x
             for i, block in enumerate(blocks):
-                if i < last:
+                if shard is None:
+                    paths = self.block_paths(i)
+                    if i < last:
+                        h, k, v = paths.prefill(h, t_emb, *rope)
+                    else:
+                        k, v = paths.prefill_kv(h, t_emb)
+                elif i < last:
                     h, k, v = block(h, t_emb, None, None, rope, return_kv=True, shard=shard)
                 else:
                     k, v = block(h, t_emb, None, None, rope, kv_only=True, shard=shard)

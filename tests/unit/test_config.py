@@ -55,3 +55,13 @@ def test_bad_files(tmp_path: Path) -> None:
     bad.write_text("[nosuchsection]\nx = 1\n")
     with pytest.raises(ConfigError, match="unknown section"):
         ServeConfig.load(bad)
+
+
+def test_compile_settings(tmp_path: Path) -> None:
+    default = ServeConfig.load()
+    assert default.model.compile is False and default.model.compile_mode == "default"  # eager by default
+    cfg = ServeConfig.load(env={"STREAMD_MODEL_COMPILE": "1", "STREAMD_MODEL_COMPILE_CACHE_DIR": str(tmp_path)},
+                           overrides={"model.compile_mode": "reduce-overhead"})
+    assert cfg.model.compile and cfg.model.compile_mode == "reduce-overhead" and cfg.model.compile_cache_dir == tmp_path
+    with pytest.raises(ConfigError, match="model.compile_mode"):
+        ServeConfig.load(env={"STREAMD_MODEL_COMPILE_MODE": "fastest"})
