@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Iterator
 import aiohttp
 import aiomqtt
 import pytest
+from multidict import CIMultiDict
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from streamd.clients.send import PatternTrack
@@ -161,7 +162,7 @@ class Publisher:
 
     pc: RTCPeerConnection
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: str
     connected: asyncio.Event
 
@@ -187,7 +188,7 @@ async def publish(http: aiohttp.ClientSession, url: str, connect: bool = True,
     async with http.post(url, data=pc.localDescription.sdp,
                          headers={"Content-Type": "application/sdp", **(headers if headers is not None else AUTH)},
                          allow_redirects=False) as resp:
-        pub = Publisher(pc, resp.status, dict(resp.headers), await resp.text(), connected)
+        pub = Publisher(pc, resp.status, CIMultiDict(resp.headers), await resp.text(), connected)
     if pub.status == 201:
         await pc.setRemoteDescription(RTCSessionDescription(pub.body, "answer"))
         if connect:
@@ -195,6 +196,14 @@ async def publish(http: aiohttp.ClientSession, url: str, connect: bool = True,
     else:
         await pc.close()
     return pub
+
+
+def end_of_candidates(offer: str) -> str:
+    """A trickle PATCH body (RFC 8840) saying the client has no more candidates, with the offer's credentials."""
+    lines = offer.splitlines()
+    pick = {k: next(ln for ln in lines if ln.startswith(k)) for k in ("a=ice-ufrag:", "a=ice-pwd:", "a=mid:")}
+    return (f"{pick['a=ice-ufrag:']}\r\n{pick['a=ice-pwd:']}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\n"
+            f"{pick['a=mid:']}\r\na=end-of-candidates\r\n")
 
 
 async def end(http: aiohttp.ClientSession, pubs: list[Publisher]) -> None:
@@ -265,8 +274,8 @@ def test_four_clients_three_instances_then_503_patch_delete_whep_and_subscribe_v
                     assert p.location.split("/whip/")[0] == fleet.instances[fleet.name_of(p.location)].base
 
                 # PATCH goes straight to the owning instance (the router holds no sessions)
-                frag = "a=ice-ufrag:x\r\na=ice-pwd:y\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=end-of-candidates\r\n"
                 for p in placed:
+                    frag = end_of_candidates(p.pc.localDescription.sdp)
                     async with http.patch(p.location, data=frag, headers={
                             **AUTH, "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": p.headers["ETag"]}) as r:
                         assert r.status == 204, await r.text()
