@@ -31,7 +31,6 @@ __all__ = ["DEFAULT_MAX_INSTANCES", "MAX_STATUS_BYTES", "MAX_STREAMS_PER_INSTANC
 DEFAULT_MAX_INSTANCES = 256  # instances tracked at most (a few KiB each)
 MAX_STREAMS_PER_INSTANCE = 64  # stream ids kept per instance: engine.max_streams is at most 64
 MAX_STATUS_BYTES = 65536  # a larger status payload is ignored (a real one is well under 16 KiB)
-SETTLE_S = 1.0  # a status received this long after a placement reflects it (published within ms of a change)
 SUSPECT_S = 10.0  # an instance the router could not reach is not chosen for this long
 
 
@@ -52,7 +51,7 @@ class Instance:
     seen: float = 0.0  # monotonic time the latest status was received
     refused_since_status: bool = False  # it answered 503 to a forwarded POST since its latest status
     suspect_until: float = 0.0  # monotonic time until which it is not chosen (it could not be reached)
-    # placements its status does not reflect yet: key -> (stream id once known, monotonic time placed)
+    # placements its status does not reflect yet: key -> (stream id once answered, monotonic time placed)
     pending: dict[int, tuple[str | None, float]] = field(default_factory=dict)
 
     def pending_streams(self) -> int:
@@ -155,9 +154,11 @@ class Fleet:
         inst.version = body.get("version") if isinstance(body.get("version"), str) else None
         inst.seen = now
         inst.refused_since_status = False
-        # a placement is settled once the status lists its stream, or was composed well after it
-        inst.pending = {k: (sid, t) for k, (sid, t) in inst.pending.items()
-                        if (sid is None or sid not in inst.streams) and now - t < SETTLE_S}
+        # A placement answered 201 is settled by the first status received after it: the instance publishes one
+        # when a session takes a slot, and the broker keeps one publisher's messages in order. (A status composed
+        # before the admission and overtaken by the 201 would undercount for one interval; the instance's own 503
+        # and the next candidate cover that.) Placements still in flight stay.
+        inst.pending = {k: (sid, t) for k, (sid, t) in inst.pending.items() if sid is None}
 
     def expire(self) -> list[str]:
         """Drop instances whose latest status is older than the bound; their names."""
@@ -210,7 +211,7 @@ class Fleet:
         return key
 
     def confirm(self, inst: Instance, key: int, stream_id: str | None) -> None:
-        """The placement succeeded: it counts until a status lists `stream_id` (or SETTLE_S after it)."""
+        """The placement succeeded: it counts until the instance's next status."""
         if key in inst.pending:
             inst.pending[key] = (stream_id, self._clock())
 

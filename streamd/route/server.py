@@ -218,8 +218,10 @@ class Router:
             key = self.fleet.reserve(inst)
             try:
                 response = await self._forward(inst, "/whip", request, offer)
-            except UpstreamError as exc:
+            except BaseException as exc:  # unreachable, or the client went away (cancelled): no placement
                 self.fleet.release(inst, key)
+                if not isinstance(exc, UpstreamError):
+                    raise
                 self.fleet.unreachable(inst)
                 log.warning("instance %s unreachable (%s): trying another", inst.name, exc)
                 continue
