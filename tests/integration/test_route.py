@@ -512,6 +512,33 @@ def test_router_added_latency_on_whip_post(fleet: Fleet) -> None:
     print(f"\nWHIP POST, median of 50: through the router {t:.1f} ms, direct {d:.1f} ms, added {t - d:.1f} ms")
 
 
+def test_a_hung_instance_drops_out_by_the_keep_alive_bound_and_returns(fleet: Fleet) -> None:
+    """SIGSTOP: the connection stays open, so no will; the missing keep-alive drops it after MAX_AGE_S."""
+    settle(fleet)
+    hung = fleet.instances["i0"]
+    hung.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        fleet.router.wait(lambda f: "i0" not in f["instances"] or not f["instances"]["i0"]["eligible"],
+                          MAX_AGE_S + 5, "the hung instance dropped")
+        gone_after = time.monotonic() - stopped
+
+        async def place() -> Publisher:
+            async with aiohttp.ClientSession() as http:
+                pub = await publish(http, f"{fleet.router.base}/whip", connect=False)
+                await end(http, [pub])
+                return pub
+
+        pub = run(place())
+        assert pub.status == 201 and fleet.name_of(pub.location) != "i0"
+    finally:
+        hung.proc.send_signal(signal.SIGCONT)
+    assert MAX_AGE_S - 1.5 < gone_after < MAX_AGE_S + 2
+    settle(fleet)  # it republishes and is chosen again
+    print(f"\nSIGSTOP to no longer chosen: {gone_after:.1f} s (status age bound {MAX_AGE_S:g} s, keep-alive "
+          f"{STATUS_INTERVAL_S:g} s)")
+
+
 def test_sigkill_an_instance_and_the_router_stops_choosing_it(fleet: Fleet) -> None:
     settle(fleet)
 
