@@ -24,6 +24,7 @@ from aiohttp import web
 from . import __version__
 from .config import ServeConfig
 from .control import ReplyCache, handle_command
+from .edges.announce import Capacity, public_endpoint, public_url
 from .edges.mqtt import MqttControl
 from .edges.systemd import Notifier, Watchdog
 from .edges.connections import BoundedAppRunner
@@ -71,6 +72,8 @@ class Daemon:
         self.ranks: RankGroup | None = None  # worker ranks of a context-parallel engine
         self.rank_failure: str | None = None  # why the rank group broke (the daemon then exits non-zero)
         self._closing: set[asyncio.Task[None]] = set()  # sessions being ended by the engine (bounded by streams)
+        self.draining = False  # no new sessions (drain command or SIGUSR1); live ones go on
+        self._stream_bytes = 0  # what one stream at the model's size holds (set once the engine exists)
 
     # ------------------------------------------------------------------------------------------ control
     def stream_ids(self) -> list[str]:
@@ -99,6 +102,24 @@ class Daemon:
         if session is None:
             raise KeyError(stream_id)
         await session.close("stopped")
+
+    def set_draining(self, draining: bool) -> bool:
+        """Stop (True) or resume (False) taking new WHIP sessions; live sessions go on. Announced at once."""
+        if draining != self.draining:
+            log.info("%s", "draining: new sessions are refused, live ones go on" if draining
+                     else "no longer draining: new sessions are taken")
+        self.draining = draining
+        if self.mqtt is not None:
+            self.mqtt.notify_status()
+        return self.draining
+
+    def capacity(self) -> Capacity:
+        """Room for new streams now (announced for routers)."""
+        budget = self.runner.core.scheduler.budget if self.runner else None
+        return Capacity(max_streams=self.config.engine.max_streams,
+                        streams=self.whip.slots_held() if self.whip else 0,
+                        headroom_bytes=max(0, budget.total - budget.used) if budget else 0,
+                        stream_bytes=self._stream_bytes)
 
     def status(self) -> dict[str, Any]:
         """Daemon status for MQTT and /api/status: streams, model, and step progress of every chunk."""
@@ -136,6 +157,12 @@ class Daemon:
             "stream_stats": stats,
             # listeners off loopback without authentication by explicit opt-out (allow_unauthenticated)
             "unauthenticated": self.config.unauthenticated(),
+            # for routers (protocols/mqtt-control.md section 4.1): where to reach us, and whether we take more
+            "url": public_url(self.config.http),
+            "zmq_endpoint": public_endpoint(self.config.zmq),
+            "ready": self.readiness()[0],
+            "draining": self.draining,
+            "capacity": self.capacity().as_json(),
         }
 
     async def _command(self, verb: str, payload: bytes) -> dict[str, Any]:
@@ -209,6 +236,8 @@ class Daemon:
     async def _open_stream(self, stream_id: str) -> None:
         assert self.runner is not None
         self.runner.core.add_stream(stream_id, self.config.engine.initial_params())
+        if self.mqtt is not None:  # a slot is taken: routers must see it before they place the next session
+            self.mqtt.notify_status()
 
     async def _close_stream(self, stream_id: str, reason: str, was_live: bool) -> None:
         assert self.runner is not None and self.publisher is not None
@@ -314,6 +343,7 @@ class Daemon:
         log.info("warm-up at %dx%d took %.2f s%s", bundle.width, bundle.height, warm,
                  " (compiled blocks)" if self.pipeline.dit.compiled else "")
         runner = EngineRunner(core, output_capacity=e.output_queue)
+        self._stream_bytes = core.executor.footprint(bundle.height, bundle.width).total
 
         def observe_chunk(out: ChunkOutput) -> None:  # engine thread: latency from the newest live frame
             if out.cond_arrival is not None:
@@ -341,6 +371,7 @@ class Daemon:
             push_frame=self._push_frame, readiness=self.readiness,
             metrics=lambda: (self.metrics.render(), CONTENT_TYPE), max_streams=lambda: e.max_streams,
             command=self._command, status=self.status, frame_size=core.frame_size,
+            draining=lambda: self.draining,
         )
         self.whip = WhipEndpoint(cfg.http, cfg.webrtc, hooks)
         self.whep = WhepEndpoint(self.whip, fps=e.fps, setup_timeout_s=cfg.webrtc.whep_setup_timeout_s)
@@ -404,6 +435,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # SIGUSR1 drains (as the drain command does): `systemctl kill -s USR1 streamd@0` before maintenance
+        loop.add_signal_handler(signal.SIGUSR1, self.set_draining, True)
 
     async def shutdown(self, engine_timeout_s: float = 30.0) -> bool:
         """Stop in order; returns False when the engine thread did not stop within the timeout."""

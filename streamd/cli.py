@@ -1,4 +1,4 @@
-"""The `streamd` command: continue, plan, demo, train, serve, send, subscribe, bench."""
+"""The `streamd` command: continue, plan, demo, train, serve, route, send, subscribe, bench."""
 
 from __future__ import annotations
 
@@ -124,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode of --compile (reduce-overhead: CUDA graphs, CUDA only)")
 
+    p = sub.add_parser("route", help="place WHIP/WHEP sessions across many `serve` instances (their MQTT status)")
+    p.add_argument("--config", type=Path, help="TOML file: router settings at top level, [http] and [mqtt] sections")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:8780)")
+    p.add_argument("--mqtt", metavar="HOST:PORT", help="MQTT broker the instances announce themselves on")
+    p.add_argument("--prefix-root", help="instances publish <prefix-root>/<instance>/status (default streamd)")
+    p.add_argument("--mode", choices=["proxy", "redirect"], help="proxy (default): forward the offer; redirect: 307")
+    p.add_argument("--token", help="bearer token for every door (quick local use only; prefer --token-file, "
+                   "STREAMD_ROUTE_TOKEN or the systemd credential http-token)")
+    p.add_argument("--token-file", type=Path, metavar="PATH", help="read the bearer token from this file")
+    p.add_argument("--status-max-age-s", type=float, metavar="S",
+                   help="an instance whose latest status is older is gone (default 15)")
+    p.add_argument("--max-instances", type=_positive_int, help="instances tracked at most (default 256)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
     p = sub.add_parser("send", help="send video to a WHIP endpoint (a reference WHIP client)")
     p.add_argument("url", help="WHIP endpoint, e.g. http://127.0.0.1:8787/whip")
     p.add_argument("--token", help="bearer token")
@@ -140,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_positive_int, help="stop after this many frames")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop when nothing arrives for this long (s; default: wait as long as it takes)")
+    p.add_argument("--via", metavar="ROUTER_URL",
+                   help="ask this router (`streamd route`) for the endpoint of --stream instead of naming it")
+    p.add_argument("--token", help="bearer token for the router's /api/status (view role)")
 
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -470,6 +487,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(Daemon(config).run())
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """`streamd route`: the router until SIGTERM/SIGINT."""
+    import asyncio
+    import os
+
+    from .route.config import RouteConfig
+    from .route.server import Router
+
+    overrides: dict[str, object] = {
+        "mqtt.broker": args.mqtt, "prefix_root": args.prefix_root, "mode": args.mode, "http.token": args.token,
+        "http.token_file": args.token_file, "status_max_age_s": args.status_max_age_s,
+        "max_instances": args.max_instances, "log_level": args.log_level,
+    }
+    if args.http:
+        overrides["http.host"], overrides["http.port"] = _host_port(args.http)
+    config = RouteConfig.load(args.config, dict(os.environ), overrides)
+    logging.getLogger().setLevel(config.log_level.upper() if not args.verbose else "DEBUG")
+    return asyncio.run(Router(config).run())
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     """`streamd send`: a WHIP client."""
     import asyncio
@@ -490,7 +527,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     """`streamd subscribe`: a ZeroMQ subscriber writing MP4 or PNGs."""
-    from .clients.subscribe import subscribe
+    from .clients.subscribe import endpoint_via, subscribe
+
+    if args.via:
+        if not args.stream:
+            raise ValueError("--via needs --stream: the router finds the instance of one stream")
+        args.endpoint = endpoint_via(args.via, args.stream, token=args.token)
+        print(f"stream {args.stream} is published on {args.endpoint}", file=sys.stderr)
 
     def waiting(seconds: float) -> None:
         print(f"waiting for the first frame from {args.endpoint} ({seconds:.0f} s)...", file=sys.stderr, flush=True)
@@ -511,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     handlers = {"continue": cmd_continue, "plan": cmd_plan, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench,
-                "serve": cmd_serve, "send": cmd_send, "subscribe": cmd_subscribe}
+                "serve": cmd_serve, "route": cmd_route, "send": cmd_send, "subscribe": cmd_subscribe}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:

@@ -31,6 +31,7 @@ from .engine.plan import SHARD_MODES, TEXT_PLACES, WEIGHT_FORMATS, parse_bytes
 from .errors import ConfigError
 
 ENV_PREFIX = "STREAMD_"
+ROUTE_ENV_PREFIX = "STREAMD_ROUTE_"  # the router's variables; `serve` ignores them
 MIN_TOKEN_CHARS = 8  # a shorter bearer token is refused at start: it falls to guessing even with backoff
 
 
@@ -94,6 +95,9 @@ class HttpSettings:
     keepalive_timeout_s: float = 15.0  # an idle keep-alive connection (or one that never sends) is closed
     max_connections: int = 256  # open connections at most; more are answered 503 and closed
     max_connections_per_client: int = 32  # open connections per client address at most
+    # The base URL clients and routers reach this listener at, announced in the MQTT status (a reverse proxy's
+    # https://gpu0.example/ say); None: derived from host and port (edges/announce.py)
+    public_url: str | None = None
 
     def tokens(self) -> dict[str, str]:
         """The configured tokens by role: "all" (`token`), "ingest", "view", "control"."""
@@ -112,6 +116,7 @@ class ZmqSettings:
     curve_public_key: Path | None = None
     curve_allowed_clients: Path | None = None  # folder of allowed client public key files
     allow_unauthenticated: bool = False  # publish off loopback without CURVE (logged as a warning)
+    public_endpoint: str | None = None  # the endpoint subscribers dial, announced in the status; None: derived
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,9 @@ class MqttSettings:
     password_file: Path | None = None  # read instead of `password`; or the credential `mqtt-password`
     tls: bool = False
     ca_file: Path | None = None
-    status_interval_s: float = 10.0
+    # The status is republished at least this often: routers drop an instance whose status is older than their
+    # bound (`streamd route --status-max-age-s`, default 3 intervals), so this is also the fleet's keep-alive.
+    status_interval_s: float = 5.0
     allow_unauthenticated: bool = False  # a broker off loopback without TLS and credentials (logged as a warning)
 
 
@@ -186,6 +193,10 @@ class ServeConfig:
         _check(self.zmq.endpoint.startswith(("tcp://", "ipc://", "inproc://")),
                "zmq.endpoint must be a tcp://, ipc:// or inproc:// endpoint")
         _check(self.zmq.sndhwm >= 1, "zmq.sndhwm must be at least 1")
+        _check(self.http.public_url is None or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.http.public_url)
+               is not None, "http.public_url must be an http:// or https:// URL without query or fragment")
+        _check(self.zmq.public_endpoint is None or self.zmq.public_endpoint.startswith(("tcp://", "ipc://")),
+               "zmq.public_endpoint must be a tcp:// or ipc:// endpoint")
         curve = (self.zmq.curve_secret_key, self.zmq.curve_public_key, self.zmq.curve_allowed_clients)
         _check(all(c is None for c in curve) or all(c is not None for c in curve),
                "zmq.curve_secret_key, zmq.curve_public_key and zmq.curve_allowed_clients go together")
@@ -290,7 +301,8 @@ class ServeConfig:
                 else:
                     _put(raw, key, value, str(file))
         for name, value in (env or {}).items():
-            if name.startswith(ENV_PREFIX):
+            # STREAMD_ROUTE_* belong to `streamd route` (streamd/route/config.py): one environment may serve both
+            if name.startswith(ENV_PREFIX) and not name.startswith(ROUTE_ENV_PREFIX):
                 _put(raw, _env_key(name), value, name)
         for key, value in (overrides or {}).items():
             if value is not None:

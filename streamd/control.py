@@ -1,7 +1,8 @@
 """Control commands shared by the MQTT edge and any other control surface (protocols/mqtt-control.md §5-§8).
 
 A command is a verb (`prompt`, `params`, `reset`, `stop-stream`) and a JSON object naming a target stream (or
-`"*"`, every current stream) and its arguments. `handle_command` parses and validates the command completely,
+`"*"`, every current stream) and its arguments; `drain` names no stream (`{"draining": true|false}`: the whole
+instance stops or resumes taking new sessions). `handle_command` parses and validates the command completely,
 checks every targeted stream exists, and only then applies it through a `Controller` the daemon provides. It
 never raises for bad input: every outcome, including internal failures, is a reply object
 (`{"v": 1, "ok": true, ...}` or `{"v": 1, "ok": false, "error": <code>, "detail": <text>, ...}`).
@@ -47,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMMAND_VERSION = 1  # the `v` of replies; a command may carry `v`, and must then carry this value
-VERBS: tuple[str, ...] = ("prompt", "params", "reset", "stop-stream")
+VERBS: tuple[str, ...] = ("prompt", "params", "reset", "stop-stream", "drain")
 ALL_STREAMS = "*"
 MAX_PAYLOAD_BYTES = 65536  # a command payload larger than this is refused unread (code payload-too-large)
 MAX_ID_CHARS = 128  # the optional correlation/idempotency `id`
@@ -63,7 +64,7 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType(
         "bad-json": "the payload is not UTF-8 JSON (or has NaN/Infinity or duplicate member names)",
         "bad-payload": "the JSON is not an object, or a required member is missing, or v/id/stream is malformed",
         "unsupported-version": "the command's v is not a version this daemon implements",
-        "unknown-verb": "the verb is not one of prompt, params, reset, stop-stream",
+        "unknown-verb": "the verb is not one of prompt, params, reset, stop-stream, drain",
         "unknown-parameter": "params names a parameter this daemon does not know",
         "bad-value": "a parameter's value has the wrong type or is out of range",
         "unknown-stream": "the named stream does not exist (any more)",
@@ -107,6 +108,10 @@ class Controller(Protocol):
 
     async def stop_stream(self, stream_id: str) -> None:
         """End the stream and its session. KeyError for an unknown stream."""
+        ...
+
+    def set_draining(self, draining: bool) -> bool:
+        """Stop (True) or resume (False) taking new sessions; live ones go on. Returns the new setting."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -312,6 +317,8 @@ async def handle_command(
         _check_version(obj)
         if verb not in VERBS:
             raise CommandError("unknown-verb", _cut(f"unknown verb {json.dumps(echo)}; known: {', '.join(VERBS)}"))
+        if verb == "drain":
+            return _drain(controller, obj, command_id)
         target = _target(obj)
         changes = _changes(verb, obj) if verb in ("prompt", "params") else {}
         if verb == "reset" and command_id is not None and replies is not None:
@@ -329,6 +336,17 @@ async def handle_command(
     except Exception:  # a bug or a controller failure: the caller still gets a reply
         log.exception("command %s failed", echo)
         return error_reply(echo, "internal", "internal error; see the daemon's log", command_id)
+
+
+def _drain(controller: Controller, obj: Mapping[str, Any], command_id: str | None) -> dict[str, Any]:
+    """The `drain` verb: the instance-wide switch (no stream target; `streams` stays empty in the reply).
+    Unknown members are ignored, as for the other verbs that take no parameters."""
+    draining = obj.get("draining")
+    if not isinstance(draining, bool):
+        raise CommandError("bad-payload", _cut(f"draining must be true or false, got {json.dumps(draining)}"))
+    reply = _ok_reply("drain", command_id, {})
+    reply["draining"] = bool(controller.set_draining(draining))
+    return reply
 
 
 def _replay(verb: str, command_id: str, target: str, seen: tuple[str, dict[str, Any]]) -> dict[str, Any]:

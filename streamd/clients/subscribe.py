@@ -46,6 +46,7 @@ __all__ = [
     "MAX_TRACKED_STREAMS",
     "RCVHWM",
     "SubscribeReport",
+    "endpoint_via",
     "subscribe",
 ]
 
@@ -65,6 +66,23 @@ MAX_TRACKED_STREAMS = 4_096  # streams whose seq is tracked; frames of further s
 _FRAMES_PREFIX = FRAMES_TOPIC_PREFIX.encode("ascii")
 
 FrameCallback = Callable[[FrameHeader, np.ndarray], None]
+VIA_MAX_BYTES = 16 * 1024 * 1024  # a router's fleet status read at most (256 instances x 64 streams fit easily)
+
+
+def endpoint_via(router_url: str, stream: str, token: str | None = None, timeout_s: float = 10.0) -> str:
+    """The ZeroMQ endpoint of `stream`, as the router at `router_url` (`streamd route`) reports it in its fleet
+    status (`GET /api/status`, `streams.<id>.zmq_endpoint`); ValueError when no instance announces it."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(router_url.rstrip("/") + "/api/status",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        fleet = json.loads(resp.read(VIA_MAX_BYTES))
+    entry = fleet.get("streams", {}).get(stream)
+    if not entry or not entry.get("zmq_endpoint"):
+        raise ValueError(f"router {router_url} knows no instance publishing stream {stream!r}")
+    return str(entry["zmq_endpoint"])
 
 
 class CurveClientKeys(NamedTuple):

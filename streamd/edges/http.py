@@ -59,6 +59,7 @@ class StreamHooks:
     # (height, width) every frame of an admitted stream is resized to at ingest; None hands frames on at the
     # size they arrive in (the engine then fits them itself)
     frame_size: Callable[[str], tuple[int, int]] | None = None
+    draining: Callable[[], bool] | None = None  # True: refuse new sessions (503 draining); live ones go on
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -196,9 +197,9 @@ def page_file(path: Path) -> web.Response:
     return web.Response(body=path.read_bytes(), content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
-def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None = None) -> web.Application:
-    """The aiohttp application: routes, and every refusal -> the JSON error response of protocols/http.md."""
-    checks = whip.checks
+def error_middleware(checks: RequestChecks) -> Any:
+    """The one error path of an HTTP surface (an instance's or a router's): WhipError refusals, what aiohttp
+    raises itself, and bugs (a JSON 500 and one rate-limited log line) -> the JSON error body, with CORS."""
     failures = Occurrences()  # the 500 log line is logged at its 1st, 2nd, 4th... occurrence per place
 
     @web.middleware
@@ -238,6 +239,14 @@ def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None 
                           type(exc).__name__, quote_client(str(exc)), where, n)
             log.debug("traceback", exc_info=exc)
             return error_response(500, "internal", "internal error; see the daemon's log", checks.cors())
+
+    return errors
+
+
+def build_app(whip: WhipEndpoint, hooks: StreamHooks, whep: WhepEndpoint | None = None) -> web.Application:
+    """The aiohttp application: routes, and every refusal -> the JSON error response of protocols/http.md."""
+    checks = whip.checks
+    errors = error_middleware(checks)
 
     no_store = {"Cache-Control": "no-store"}
 

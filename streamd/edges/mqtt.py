@@ -43,6 +43,7 @@ INCOMING_QUEUE_SIZE = 128  # received commands waiting to be executed; the clien
 MAX_PACKET_BYTES = 1 << 20  # MQTT 5 Maximum Packet Size we announce: the broker drops larger commands for us
 PUBLISH_TIMEOUT_S = 10.0  # a QoS 1 publish (or connect) not acknowledged in this time counts as a lost connection
 OFFLINE_TIMEOUT_S = 2.0  # how long close() waits for the broker to take the final "offline" status
+ANNOUNCED = ("url", "zmq_endpoint", "ready", "draining", "capacity")  # status members taken from the controller
 V5_REFUSED = (1, 132)  # CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 code 1; MQTT 5 code 0x84)
 
 
@@ -357,7 +358,7 @@ class MqttControl:
             log.exception("controller.status() failed")
             info = {}
         streams = info.get("streams", [])
-        return {
+        body: dict[str, Any] = {
             "v": COMMAND_VERSION,
             "state": state,
             "streams": sorted(streams) if state != "offline" else [],
@@ -367,6 +368,13 @@ class MqttControl:
             # listeners reachable off loopback without authentication by explicit opt-out
             "unauthenticated": list(info.get("unauthenticated", [])),
         }
+        # What routers place sessions by (section 4.1, "Fleet members"); the last will says offline and not ready.
+        for key in ANNOUNCED:
+            if key in info:
+                body[key] = info[key]
+        if state != "online":
+            body["ready"] = False
+        return body
 
     def _offline_payload(self, reason: str) -> bytes:
         body = self._status("offline")

@@ -43,6 +43,10 @@ class WhipEndpoint:
         """Stream ids of every session not yet ended (connected or still connecting)."""
         return [s.stream_id for s in self.sessions.values() if not s.closed]
 
+    def slots_held(self) -> int:
+        """Stream slots taken now: sessions not yet ended and admissions in progress (what max_streams bounds)."""
+        return len(self.sessions) + len(self._claimed)
+
     def session_for(self, stream_id: str) -> WhipSession | None:
         """The session publishing `stream_id`, if any."""
         return next((s for s in self.sessions.values() if s.stream_id == stream_id), None)
@@ -84,6 +88,8 @@ class WhipEndpoint:
         ready, reason = self.hooks.readiness()
         if not ready:
             raise WhipError(503, "not-ready", f"not ready: {reason}", retry)
+        if self.hooks.draining is not None and self.hooks.draining():
+            raise WhipError(503, "draining", "this instance is draining: it takes no new sessions", retry)
         if len(self.sessions) + len(self._claimed) >= self.hooks.max_streams():
             raise WhipError(503, "at-capacity", f"{self.hooks.max_streams()} streams are live, the configured "
                             "limit", retry)

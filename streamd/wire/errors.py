@@ -39,6 +39,7 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
         "internal": 500,
         "not-ready": 503,
         "at-capacity": 503,
+        "draining": 503,
     }
 )
 

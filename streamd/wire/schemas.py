@@ -21,6 +21,7 @@ SCHEMA_NAMES: tuple[str, ...] = (
     "frame-header", "event", "error", "health",
     "mqtt-status", "mqtt-reply", "mqtt-event",
     "mqtt-command-prompt", "mqtt-command-params", "mqtt-command-reset", "mqtt-command-stop-stream",
+    "mqtt-command-drain",
 )
 
 

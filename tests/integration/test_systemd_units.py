@@ -23,9 +23,10 @@ def staged(tmp_path: Path) -> list[Path]:
     """Copies of the units whose ExecStart names an executable that exists here (verify checks it exists):
     the streamd path is replaced by /bin/true; everything else is the unit as shipped."""
     out = []
-    for unit, name in (("streamd.service", "streamd.service"), ("streamd@.service", "streamd@0.service")):
+    for unit, name in (("streamd.service", "streamd.service"), ("streamd@.service", "streamd@0.service"),
+                       ("streamd-route.service", "streamd-route.service")):
         text = (UNITS / unit).read_text()
-        assert "ExecStart=/usr/local/bin/streamd serve" in text
+        assert "ExecStart=/usr/local/bin/streamd " + ("route" if "route" in unit else "serve") in text
         target = tmp_path / name
         target.write_text(text.replace("/usr/local/bin/streamd", "/bin/true"))
         out.append(target)
