@@ -75,7 +75,7 @@ class E2EConfig:
         if self.guidance is not None:
             env["STREAMD_ENGINE_GUIDANCE"] = str(self.guidance)
         if not self.paced:
-            env["STREAMD_ENGINE_MAX_LEAD_S"] = "1e9"
+            env["STREAMD_ENGINE_MAX_LEAD_S"] = "3600"  # the largest lead allowed: unpaced for any benchmark run
         return env
 
 

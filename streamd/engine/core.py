@@ -75,12 +75,15 @@ class EngineCore:
         # a chunk starts only once its prompts are encoded, off this thread (see prompts.py)
         self.prompts = PromptEncoder(pipeline.text, on_ready=self.scheduler.notify)
         self.scheduler.gate = self._prompts_ready
+        self._gated = False  # the latest plan found a stream waiting for its prompt (engine thread only)
 
     def _prompts_ready(self, params: StreamParams) -> bool:
         """Whether the prompts a chunk with these parameters conditions on are encoded (queues them if not)."""
         chunk = self.executor.chunk_params(params)
         prompts = [params.prompt] if chunk.guidance == 1.0 else [params.prompt, chunk.negative_prompt]
-        return self.prompts.ready(prompts)
+        ready = self.prompts.ready(prompts)
+        self._gated = self._gated or not ready
+        return ready
 
     # ------------------------------------------------------------------------------------------ streams
     def add_stream(self, stream_id: str, params: StreamParams | None = None, height: int | None = None,
@@ -135,9 +138,13 @@ class EngineCore:
         """
         for stream_id in self.scheduler.take_released():
             self.executor.release(stream_id)
+        self._gated = False
         plan = self.scheduler.next_step()
-        while plan is None and wait_for_prompts and self.prompts.busy:
+        # a stream waits for its prompt: wait for the encoder and plan again (it may have finished already, so
+        # the flag, set while planning, decides, not whether the encoder is busy now)
+        while plan is None and wait_for_prompts and self._gated:
             self.prompts.wait()
+            self._gated = False
             plan = self.scheduler.next_step()
         if plan is None:
             self.executor.idle()

@@ -17,6 +17,8 @@ import threading
 from collections import deque
 from typing import Callable, Iterable
 
+import torch
+
 from ..lograte import Occurrences
 from ..model.text import PromptCache
 
@@ -74,7 +76,10 @@ class PromptEncoder:
                 self._cond.wait_for(lambda: bool(self._queue))
                 prompt = self._current = self._queue.popleft()
             try:
-                self.cache.get(prompt)
+                # as the engine thread encodes (begin_denoise runs under inference mode): the same kind of tensor,
+                # so a compiled block's guards see no difference between a prompt encoded here and there
+                with torch.inference_mode():
+                    self.cache.get(prompt)
             except Exception as exc:  # the chunk that needs it encodes it on the engine thread and fails there
                 with self._cond:
                     self._failed.add(prompt)
