@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 # Debian packages the tests need, as "command:package" pairs.
 SYSTEM_DEPS ?= mosquitto:mosquitto systemd-analyze:systemd chromium:chromium openssl:openssl
 
-.PHONY: all demo test install system-deps clean gpu-check
+.PHONY: all demo test lint install system-deps clean gpu-check
 
 all: test
 
@@ -44,7 +44,11 @@ system-deps:
 	  fi; \
 	fi
 
-test: $(STAMP) system-deps
+# Lint (ruff, configured in pyproject.toml) runs first: a finding fails the test run.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check streamd tests
+
+test: $(STAMP) system-deps lint
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 clean:

@@ -25,11 +25,11 @@ from . import __version__
 from .config import ServeConfig
 from .control import ReplyCache, handle_command
 from .edges.announce import Capacity, public_endpoint, public_url
-from .edges.mqtt import MqttControl
-from .edges.systemd import Notifier, Watchdog
 from .edges.connections import BoundedAppRunner
 from .edges.http import StreamHooks, build_app
 from .edges.metrics import CONTENT_TYPE, Metrics, Readings
+from .edges.mqtt import MqttControl
+from .edges.systemd import Notifier, Watchdog
 from .edges.webrtc import restrict_host_addresses
 from .edges.whep import WhepEndpoint
 from .edges.whip import WhipEndpoint
@@ -54,7 +54,8 @@ class Daemon:
         self.publisher: FramePublisher | None = None
         self.whip: WhipEndpoint | None = None
         self.whep: WhepEndpoint | None = None
-        self.latency: dict[str, float] = {}  # stream -> latency of its newest live-conditioned chunk (bounded by streams)
+        # stream -> latency of its newest live-conditioned chunk (bounded by streams)
+        self.latency: dict[str, float] = {}
         self._http: BoundedAppRunner | None = None
         self._publish_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
@@ -263,7 +264,8 @@ class Daemon:
 
     def _output_dropped(self, stream_id: str, frames: int) -> None:
         """Generated frames discarded because publishing fell behind: tell subscribers (seq has no gap)."""
-        if self.publisher is not None and self.runner is not None and self.runner.current_generation(stream_id) is not None:
+        live = self.runner is not None and self.runner.current_generation(stream_id) is not None
+        if self.publisher is not None and live:
             self.publisher.publish_event("drops", stream_id, dropped=frames, reason="output-full")
             self._mqtt_event("drops", stream_id, dropped=frames, reason="output-full")
 

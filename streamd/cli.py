@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 log = logging.getLogger("streamd")
 
@@ -291,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Beside the daemon run, the same model continues the demo's live test pattern and a few held-out procedural
     clips in-process, so the summary can show conditioning frames next to generated ones and a quality figure.
     """
-    from .bench.quality import COND_FRAMES, CHUNK_FRAMES, demo_continuations
+    from .bench.quality import CHUNK_FRAMES, COND_FRAMES, demo_continuations
     from .e2e import E2EConfig, run_e2e
     from .media import contact_sheet, continuation_sheet, fit_frames, read_video, synthetic_clip
     from .pipeline import ContinuationPipeline
@@ -330,7 +330,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"daemon log:      {args.out / 'daemon.log'}")
     print(f"frames/s out:    {result['fps_out']:.1f} (live pacing holds output near the model's 15 fps)")
     if p50 is not None:
-        print(f"latency:         p50 {p50:.2f} s, p95 {p95:.2f} s (live frame arrival -> first frame conditioned on it)")
+        print(f"latency:         p50 {p50:.2f} s, p95 {p95:.2f} s "
+              "(live frame arrival -> first frame conditioned on it)")
     print(f"daemon stopped:  exit status {result['daemon_exit']}")
     return 0 if result["daemon_exit"] == 0 else 1
 

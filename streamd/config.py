@@ -22,9 +22,10 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .engine.params import EngineConfig
 from .engine.plan import SHARD_MODES, TEXT_PLACES, WEIGHT_FORMATS, parse_bytes
@@ -284,7 +285,7 @@ class ServeConfig:
         file: Path | None = None,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
-    ) -> "ServeConfig":
+    ) -> ServeConfig:
         """Merge defaults, the TOML file, STREAMD_* variables and flag overrides ("section.key" -> value)."""
         raw: dict[str, dict[str, tuple[Any, str]]] = {}
         if file is not None:
@@ -545,7 +546,7 @@ def _build(cls: type, values: dict[str, tuple[Any, str]], raw: dict[str, dict[st
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     known = {f.name for f in dataclasses.fields(cls)}
-    for name, (value, source) in values.items():
+    for name, (_value, source) in values.items():
         if name not in known:
             raise ConfigError(f"config: unknown setting {prefix}{name} (from {source})")
     for f in dataclasses.fields(cls):

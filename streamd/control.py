@@ -22,10 +22,11 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
-from .engine.params import MAX_PROMPT_CHARS, PARAM_NAMES, PARAMS, PROMPT_NAMES
+from .engine.params import PARAM_NAMES, PARAMS, PROMPT_NAMES
 from .wire.frames import valid_stream_id
 
 __all__ = [

@@ -18,9 +18,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .clients.send import send
 from .clients.subscribe import SubscribeReport, subscribe

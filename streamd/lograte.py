@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 MAX_KINDS = 1024  # kinds of line counted at most (least recently seen forgotten first)
 

@@ -7,9 +7,9 @@ segment is conditioned on the stream's own output (the engine's autoregressive c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .engine.core import EngineCore
 from .engine.params import EngineConfig, StreamParams

@@ -7,9 +7,10 @@ same building blocks (`encode`, `prefill`, `denoise`, `decode_continuation`) one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class ContinuationPipeline:
     def from_spec(
         cls, spec: str | Path = "tiny", device: torch.device | str | None = "cpu", dtype: torch.dtype | None = None,
         distilled: bool | None = None, text_device: torch.device | str | None = None, weights: str = "bf16",
-    ) -> "ContinuationPipeline":
+    ) -> ContinuationPipeline:
         """Load an embedded preset by name or a checkpoint folder (`distilled`, `text_device`, `weights`: see
         `load_model`)."""
         return cls(load_model(spec, device=device, dtype=dtype, distilled=distilled, text_device=text_device,

@@ -16,16 +16,17 @@ import dataclasses
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from ..model.attention import attention_backend
 from ..model.bundle import default_dtype
 from ..model.dit import LongCatVideoDiT
-from ..model.presets import PRESETS, LONGCAT_PRESET, build_dit, get_preset
-from ..model.attention import attention_backend
+from ..model.presets import LONGCAT_PRESET, PRESETS, build_dit, get_preset
 from .flops import dit_forward_flops
 
 # Dense bf16 tensor-core peaks (FLOP/s) used for the "fraction of peak" figure; keyed by a device-name fragment.

@@ -23,7 +23,8 @@ import statistics
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -86,7 +87,7 @@ def _step(dit: Any, height: int, width: int, repeats: int, noise_latents: int) -
     torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
         cache = dit.prefill(cond)
-        step_s = _timed(lambda: dit(noise, t, text, mask, num_cond_latents=COND_LATENTS, kv_cache=cache), repeats)
+        step_s = _timed(lambda kv=cache: dit(noise, t, text, mask, num_cond_latents=COND_LATENTS, kv_cache=kv), repeats)
     peak = torch.cuda.max_memory_allocated(device)
     tpf = (h // c.patch_size[1]) * (w // c.patch_size[2])
     flops = dit_forward_flops(c, 1, tpf, COND_LATENTS, noise_latents, TEXT_TOKENS, cached=True)
@@ -148,8 +149,8 @@ def run_gpu_check(args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {"weight_bytes": weight_bytes(dit)}
         for height, width in resolutions:
             key = f"{height}x{width}"
-            value = _section(report, f"{label}.{key}", lambda: _step(dit, height, width, args.repeats,
-                                                                     args.noise_latents))
+            value = _section(report, f"{label}.{key}", lambda h=height, w=width: _step(dit, h, w, args.repeats,
+                                                                                       args.noise_latents))
             report.pop(f"{label}.{key}", None)
             out[key] = value
         return out

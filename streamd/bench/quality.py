@@ -34,8 +34,9 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -401,7 +402,7 @@ def continuation_table(pipe: ContinuationPipeline, clips: list[tuple[int, Scene]
     h, w = pipe.bundle.height, pipe.bundle.width
     scores: dict[str, list[dict[str, Any]]] = {"model": [], "copy_last": [], "linear": [], "codec": []}
     per_kind: dict[str, dict[str, list[float]]] = {}
-    for n, (index, scene) in enumerate(clips):
+    for n, (_index, scene) in enumerate(clips):
         video = render_scene(scene, COND_FRAMES + CHUNK_FRAMES, h, w)  # [29, H, W, 3]
         cond, truth = video[:COND_FRAMES], video[COND_FRAMES:]
         gen = pipe.generate_chunk(cond, scene.caption, replace(params, seed=params.seed + n)).frames

@@ -6,8 +6,9 @@ import asyncio
 import resource
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -119,12 +119,12 @@ async def send(
             await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
             try:
                 await asyncio.wait_for(connected.wait(), connect_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise SendError(f"no connection within {connect_timeout_s:g} s") from None
             log.info("sending to %s as stream %s", url, stream_id)
             try:
                 await asyncio.wait_for(ended.wait(), seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # sent for the whole time: the normal end
             else:
                 raise SessionEnded(f"the daemon ended the session after {time.monotonic() - started:.1f} s: the "

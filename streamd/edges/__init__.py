@@ -46,8 +46,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .metrics import Metrics, Readings
     from .mqtt import MqttControl
     from .systemd import Notifier, Watchdog
-    from .webrtc import FrameSizeError, WhipError, WhipSession, frame_to_rgb, parse_offer, parse_sdpfrag
-    from .webrtc import restrict_host_addresses
+    from .webrtc import (
+        FrameSizeError,
+        WhipError,
+        WhipSession,
+        frame_to_rgb,
+        parse_offer,
+        parse_sdpfrag,
+        restrict_host_addresses,
+    )
     from .whep import GeneratedTrack, PlaybackSource, WhepEndpoint, WhepViewer
     from .whip import WhipEndpoint
     from .zmq import CurveConfig, CurveKeyError, FramePublisher

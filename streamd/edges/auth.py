@@ -6,12 +6,13 @@ With no token at all every door is open (loopback only, unless `http.allow_unaut
 every door needs a token that opens it.
 
 Backoff: failed authentications (a request whose token opens nothing on the requested door: an unknown token,
-or another role's) are counted per client address; only a token that opens the door clears the count. `FAILURES_BEFORE_BACKOFF` failures within
-`WINDOW_S` block the address for `FIRST_DELAY_S`; each further failure after a block doubles the delay, up to
-`MAX_DELAY_S`. A blocked address gets 429 with `Retry-After` on every door before its token is even looked
-at, with or without one (the block is on the address; checking first costs a blocked sender no comparisons
-and tells it nothing); other addresses are never affected. At most `MAX_CLIENTS` addresses are tracked (least recently failed forgotten
-first), so memory stays below about 1 MiB whatever the number of attackers.
+or another role's) are counted per client address; only a token that opens the door clears the count.
+`FAILURES_BEFORE_BACKOFF` failures within `WINDOW_S` block the address for `FIRST_DELAY_S`; each further failure
+after a block doubles the delay, up to `MAX_DELAY_S`. A blocked address gets 429 with `Retry-After` on every door
+before its token is even looked at, with or without one (the block is on the address; checking first costs a
+blocked sender no comparisons and tells it nothing); other addresses are never affected. At most `MAX_CLIENTS`
+addresses are tracked (least recently failed forgotten first), so memory stays below about 1 MiB whatever the
+number of attackers.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import hmac
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 ROLES = ("ingest", "view", "control")
 # which configured tokens (HttpSettings.tokens() keys) open each role's doors

@@ -22,7 +22,8 @@ import json
 import logging
 import re
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
@@ -101,7 +102,7 @@ class ConnectionCounts:
 class BoundedRequestHandler(RequestHandler):
     """aiohttp's connection protocol with a header timeout, connection counting and JSON parse errors."""
 
-    def __init__(self, manager: "BoundedServer", **kwargs: Any) -> None:
+    def __init__(self, manager: BoundedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._bounds = manager.bounds
         self._address: str | None = None  # set once counted

@@ -7,7 +7,8 @@ Per-stream series (step progress) are bounded by the engine's stream limit.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, TypedDict
+from collections.abc import Callable, Iterator
+from typing import TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -64,7 +65,8 @@ class _Readings(Collector):
         done = GaugeMetricFamily("streamd_stream_chunk_step", "Steps done in the stream's chunk in progress",
                                  labels=["stream"])
         total = GaugeMetricFamily("streamd_stream_chunk_steps",
-                                  "Steps of the stream's chunk in progress (0 before its first step)", labels=["stream"])
+                                  "Steps of the stream's chunk in progress (0 before its first step)",
+                                  labels=["stream"])
         for stream, step, steps in r["progress"]:
             done.add_metric([stream], step)
             total.add_metric([stream], steps)

@@ -19,8 +19,9 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt

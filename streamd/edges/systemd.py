@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 

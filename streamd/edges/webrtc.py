@@ -15,8 +15,9 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aioice.ice
 import av
@@ -328,7 +329,7 @@ class WhipSession:
     async def _setup_watchdog(self) -> None:
         try:
             await asyncio.wait_for(self.connected.wait(), self.settings.setup_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("session %s: peer did not connect within %g s", self.session_id[:6],
                      self.settings.setup_timeout_s)
             await self.close("setup-timeout")
@@ -357,7 +358,7 @@ class WhipSession:
                     continue
                 self.frames += 1
                 self._on_frame(self.stream_id, image)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = "media-timeout"
         except MediaStreamError:
             pass

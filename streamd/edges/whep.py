@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 VIEWER_QUEUE_FRAMES = 64  # about 4 s at 15 fps: a viewer further behind loses its oldest frames
 VIDEO_CLOCK = 90_000  # RTP video clock rate
 DEFAULT_MAX_VIEWERS = 16  # viewers in all, across streams: each one costs an encoder on the event loop
-DEFAULT_SETUP_TIMEOUT_S = 15.0  # a viewer not connected this long after its 201 is dropped (webrtc.whep_setup_timeout_s)
+# a viewer not connected this long after its 201 is dropped (webrtc.whep_setup_timeout_s)
+DEFAULT_SETUP_TIMEOUT_S = 15.0
 
 
 class GeneratedTrack(VideoStreamTrack):
@@ -189,7 +190,7 @@ class WhepEndpoint:
         """Drop a viewer whose peer has not connected within the setup timeout (as WHIP's setup timeout does)."""
         try:
             await asyncio.wait_for(viewer.connected.wait(), self.setup_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("viewer %s: peer did not connect within %g s", viewer.session_id[:6], self.setup_timeout_s)
             await self._drop(viewer.session_id)
 

@@ -21,9 +21,10 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import zmq
@@ -364,7 +365,7 @@ class FramePublisher:
                 continue
             try:
                 await asyncio.wait_for(readable.wait(), SUBSCRIPTION_POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # sends can consume the FD's edge; the timeout re-checks anyway
 
     def _drain_subscriptions(self) -> bool:

@@ -27,12 +27,11 @@ from ..model.kvcache import KVCache
 from ..model.shape import bundle_shape
 from ..pipeline import ChunkParams, ContinuationPipeline, DenoiseState
 from .memory import available_ram
-from .plan import StreamBytes, activation_bytes, codec_peak_bytes, stream_bytes, usable_bytes
 from .params import EngineConfig, StreamParams
+from .plan import StreamBytes, activation_bytes, codec_peak_bytes, stream_bytes, usable_bytes
 from .ranks import RankGroup
 from .scheduler import StepPlan, StepResult
 from .window import Chaining, Source, cond_frames_for
-
 
 WARM_UP_STREAM = "\0warm-up"  # the warm-up step's stream id (no client can name a stream so)
 # Where a chunk's engine time goes, in order ("publish" is timed by the daemon's fan-out)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .window import Chaining, Policy
 
@@ -104,7 +105,7 @@ class StreamParams:
         object.__setattr__(self, "policy", Policy(self.policy))
         object.__setattr__(self, "chaining", Chaining(self.chaining))
 
-    def updated(self, **changes: Any) -> "StreamParams":
+    def updated(self, **changes: Any) -> StreamParams:
         """A copy with `changes` applied (validated); unknown names are an error."""
         unknown = set(changes) - set(PARAMS)
         if unknown:

@@ -61,7 +61,7 @@ class DiTParams:
     block_linear_rows: int  # their output rows (one quantisation scale each)
 
     @classmethod
-    def of(cls, c: DiTConfig) -> "DiTParams":
+    def of(cls, c: DiTConfig) -> DiTParams:
         """Count the parameters of every module of `LongCatVideoDiT(c)` (names as in LONGCAT.md)."""
         h, a, f, hd = c.hidden_size, c.adaln_tembed_dim, c.ffn_hidden, c.head_dim
         pt, ph, pw = c.patch_size
@@ -145,7 +145,7 @@ class PlanSettings:
         """Bytes per value of the compute dtype: bf16 on CUDA, fp32 on CPU (as model.bundle.default_dtype)."""
         return 2 if self.device == "cuda" else 4
 
-    def replace(self, **changes: Any) -> "PlanSettings":
+    def replace(self, **changes: Any) -> PlanSettings:
         """A copy with `changes`."""
         return dataclasses.replace(self, **changes)
 
@@ -493,7 +493,8 @@ def describe(plan: MemoryPlan, fix: Fix | None = None) -> str:
     lines = [
         f"memory plan: {plan.model} at {plan.width}x{plan.height}, {s.ranks} rank{'s' * (s.ranks > 1)} "
         f"({'rank 0, the fullest' if s.ranks > 1 else 'one process'}), {where} {s.capacity / GiB:.2f} GiB",
-        f"  DiT weights ({s.weights if s.device == 'cuda' else 'fp32'}{', sharded' if plan.sharded else ''}) {g(plan.dit_weights)}",
+        f"  DiT weights ({s.weights if s.device == 'cuda' else 'fp32'}{', sharded' if plan.sharded else ''}) "
+        f"{g(plan.dit_weights)}",
         f"  text encoder ({'gpu' if plan.text_on_gpu else 'cpu'})" + " " * 12 + g(plan.text_encoder)
         + (f"   (+{plan.text_encoder_host / GiB:.2f} GiB host RAM)" if plan.text_encoder_host else ""),
         f"  VAE weights                    {g(plan.vae_weights)}",

@@ -42,8 +42,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -137,7 +138,7 @@ class RankGroup:
     def launch(cls, world: int, model: str, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                distilled: bool | None = None, role: str = "engine",
                extra: dict[str, Any] | None = None, shard_weights: bool = False,
-               weights: str = "bf16") -> "RankGroup":
+               weights: str = "bf16") -> RankGroup:
         """Start ranks 1..world-1 on this host (they load their DiT while the caller loads its model).
 
         shard_weights: every rank shards its DiT blocks over the group (rank 0 in `connect`). weights: the format
@@ -168,7 +169,7 @@ class RankGroup:
 
     @classmethod
     def from_env(cls, device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 shard_weights: bool = False) -> "RankGroup":
+                 shard_weights: bool = False) -> RankGroup:
         """Rank 0 of a group started by torchrun (the workers are torchrun's, not ours)."""
         world = int(os.environ["WORLD_SIZE"])
         if int(os.environ.get("RANK", "0")) != 0:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
@@ -144,7 +144,7 @@ class EngineRunner:
                 continue
             try:
                 await asyncio.wait_for(self._output_ready.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _stream_failed(self, failure: StreamFailure) -> None:

@@ -13,9 +13,10 @@ Every bound here is fixed at construction: the live ring holds `cond_frames` fra
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, Iterable, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 NS_PER_S = 1_000_000_000

@@ -6,6 +6,7 @@ checkpoint folder; the rest is what the pipeline, the engine and the tests build
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the library logs are quieted before the imports below load diffusers)
 from .libraries import quiet_library_logs
 
 quiet_library_logs()  # before anything below imports diffusers (and with it torchao)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -73,7 +74,7 @@ class DiTConfig:
         return pt * ph * pw * self.out_channels
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "DiTConfig":
+    def from_dict(cls, raw: Mapping[str, Any]) -> DiTConfig:
         """Build from a published config.json mapping; unknown keys are tolerated (logged at debug level)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(k for k in raw if k not in known and k not in _RUNTIME_KEYS and not k.startswith("_"))
@@ -91,7 +92,7 @@ class DiTConfig:
             raise ConfigError(str(exc)) from exc
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "DiTConfig":
+    def from_json(cls, path: str | Path) -> DiTConfig:
         """Read a `config.json` file, with a clear error for a missing or malformed file."""
         path = Path(path)
         try:

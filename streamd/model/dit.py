@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -204,7 +205,7 @@ class BlockPaths:
     prefill_kv: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
     @classmethod
-    def eager(cls, block: "LongCatBlock") -> "BlockPaths":
+    def eager(cls, block: LongCatBlock) -> BlockPaths:
         """The block's own methods."""
         return cls(block.forward_cached, block.forward_uncached, block.forward_prefill, block.prefill_kv)
 
@@ -393,7 +394,7 @@ class BlockList(nn.ModuleList):
 
     inference_only: bool = False
 
-    def forward(self, body: Callable[["BlockList"], Any]) -> Any:
+    def forward(self, body: Callable[[BlockList], Any]) -> Any:
         if self.inference_only:
             with torch.inference_mode():
                 return body(self)
@@ -456,7 +457,7 @@ class LongCatVideoDiT(nn.Module):
         config: DiTConfig | Mapping[str, Any] | str | Path,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> "LongCatVideoDiT":
+    ) -> LongCatVideoDiT:
         """Build with uninitialised weights from a DiTConfig, a config dict or a config.json path.
 
         `device="meta"` builds the structure without memory (for counting parameters or loading with assign).
@@ -476,7 +477,7 @@ class LongCatVideoDiT(nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
         loras: Sequence[tuple[str | Path, float]] = (),
-    ) -> "LongCatVideoDiT":
+    ) -> LongCatVideoDiT:
         """Load `config.json` and single-file or sharded safetensors strictly, then merge LoRAs (path, multiplier)."""
         from .loading import load_dit  # loading imports this module
 
@@ -505,7 +506,8 @@ class LongCatVideoDiT(nn.Module):
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {ph}x{pw}")
         return t, h // ph, w // pw
 
-    def _rope(self, grid: tuple[int, int, int], t_offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, grid: tuple[int, int, int], t_offset: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid, t_offset, str(device))
         tables = self._rope_cache.get(key)
         if tables is None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -176,12 +177,12 @@ def merge_lora(model: torch.nn.Module, lora: Sequence[LoRAModule], multiplier: f
 
 
 def load_dit(
-    cls: type["LongCatVideoDiT"],
+    cls: type[LongCatVideoDiT],
     dit_dir: Path,
     device: torch.device | str,
     dtype: torch.dtype,
     loras: Sequence[tuple[str | Path, float]] = (),
-) -> "LongCatVideoDiT":
+) -> LongCatVideoDiT:
     """Build the model on the meta device, load its tensors strictly onto `device`, merge LoRAs."""
     if not dit_dir.is_dir():
         raise CheckpointError(f"no DiT folder at {dit_dir}")

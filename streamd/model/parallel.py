@@ -50,7 +50,7 @@ class Layout:
     tile_w: int
 
     @classmethod
-    def of(cls, grid: tuple[int, int, int], size: int) -> "Layout":
+    def of(cls, grid: tuple[int, int, int], size: int) -> Layout:
         rows, cols = split_factors(size)
         _, h, w = grid
         return cls(grid, size, rows, cols, -(-h // rows), -(-w // cols))
@@ -129,7 +129,7 @@ class ContextParallel:
     def layout(self, grid: tuple[int, int, int]) -> Layout:
         return Layout.of(grid, self.size)
 
-    def shard(self, grid: tuple[int, int, int], device: torch.device) -> "Shard":
+    def shard(self, grid: tuple[int, int, int], device: torch.device) -> Shard:
         """The per-forward helper for a query grid (T, h, w) of patch tokens."""
         layout = self.layout(grid)
         key = (layout, str(device))

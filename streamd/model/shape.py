@@ -12,11 +12,11 @@ transformers' meta-device build), the VAE's by building diffusers' AutoencoderKL
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from ..engine.plan import (MemoryPlan, ModelShape, PlanError, PlanSettings, cheapest_fix, make_plan, parse_bytes,
-                           refusal)
+from ..engine.plan import MemoryPlan, ModelShape, PlanError, PlanSettings, cheapest_fix, make_plan, parse_bytes, refusal
 from .config import DiTConfig
 from .loading import CheckpointError
 from .presets import LONGCAT_PRESET, PRESETS, Preset

@@ -12,9 +12,10 @@ checks the same tokens with the same roles as the instances behind it, then forw
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # The loader's building blocks are serve's own (one set of conversion, range and secret rules for both
 # commands); they are module-private there only because serve was their one user.
@@ -87,7 +88,7 @@ class RouteConfig:
 
     @classmethod
     def load(cls, file: Path | None = None, env: Mapping[str, str] | None = None,
-             overrides: Mapping[str, Any] | None = None) -> "RouteConfig":
+             overrides: Mapping[str, Any] | None = None) -> RouteConfig:
         """Merge defaults, the TOML file, STREAMD_ROUTE_* variables and flag overrides ("section.key" -> value)."""
         raw: dict[str, dict[str, tuple[Any, str]]] = {"http": {"port": (DEFAULT_PORT, "default")}}
         if file is not None:

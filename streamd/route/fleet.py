@@ -20,8 +20,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..edges.announce import Capacity
 from ..wire.frames import valid_stream_id

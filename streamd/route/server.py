@@ -181,7 +181,7 @@ class Router:
                 out = {k: resp.headers[k] for k in _RELAYED if k in resp.headers}
                 location = resp.headers.get("Location")
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from None
         if location is not None:
             # RFC 9725: the session URL is the instance's own, so PATCH and DELETE go straight there

@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ class Trainer:
         self.ema.load_state_dict(self.model.state_dict())
         self.ema.requires_grad_(False)
         decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
+        for _name, param in self.model.named_parameters():
             (decay if param.ndim >= 2 else no_decay).append(param)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -8,8 +8,8 @@ and their statuses, and `error_body` refuses to pair a known code with any other
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 ERROR_CONTENT_TYPE = "application/problem+json"
 

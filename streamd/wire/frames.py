@@ -16,10 +16,11 @@ import math
 import numbers
 import operator
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +62,8 @@ SOURCES: tuple[str, ...] = (SOURCE_LIVE, SOURCE_SELF)
 
 # What a message part may be: bytes from recv_multipart(), or any buffer (zmq.Frame, memoryview) when the
 # subscriber receives with copy=False.
-BytesLike = Union[bytes, bytearray, memoryview]
-Payload = Union[bytes, bytearray, memoryview, np.ndarray]
+BytesLike = bytes | bytearray | memoryview
+Payload = bytes | bytearray | memoryview | np.ndarray
 
 _PREFIX_BYTES = FRAMES_TOPIC_PREFIX.encode("ascii")
 # fullmatch, not match with `$`: Python's `$` also matches before a trailing newline.

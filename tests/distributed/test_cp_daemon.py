@@ -21,7 +21,6 @@ import numpy as np
 from streamd.clients.send import send
 from streamd.e2e import LOOPBACK
 from streamd.edges.webrtc import restrict_host_addresses
-
 from tests.integration.conftest import Daemon, start_daemon
 from tests.integration.subscriber import Subscriber
 

@@ -8,8 +8,8 @@ import torch
 
 from streamd.model.dit import LongCatVideoDiT
 from streamd.model.parallel import ContextParallel, Layout, split_factors
-
 from tests.model.conftest import make_dit, make_inputs
+
 from .conftest import run_ranks
 
 T_CS = (1, 2, 4)

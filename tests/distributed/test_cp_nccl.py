@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from streamd.model.parallel import ContextParallel
-
 from tests.model.conftest import make_dit, make_inputs
+
 from .conftest import run_ranks
 
 pytestmark = [pytest.mark.gpu,

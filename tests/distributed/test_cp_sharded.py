@@ -17,11 +17,11 @@ import torch
 from streamd.model.parallel import ContextParallel
 from streamd.model.quant import quantize_dit, weight_bytes
 from streamd.model.sharding import FlatQuantLinear, is_sharded, shard_dit
-
 from tests.model.conftest import make_dit, make_inputs
+
 from .conftest import run_ranks
-from .test_cp_equivalence import T_CS, outputs, rel
 from .test_cp_chunks import LATENT_TOL
+from .test_cp_equivalence import T_CS, outputs, rel
 
 EXACT = 1e-5  # fp32 rounding (as test_cp_equivalence); measured: 0 uncached, 3e-7 cached
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from streamd.e2e import LOOPBACK, DaemonProcess, http_get
+
 from .subscriber import Subscriber
 
 # Re-exported for the test modules: the harness, its helpers, and the out-of-process subscriber.

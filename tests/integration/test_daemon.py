@@ -12,15 +12,14 @@ from pathlib import Path
 
 import aiohttp
 import jsonschema
-import pytest
 import zmq
-from multidict import CIMultiDict
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
+from multidict import CIMultiDict
 
 from streamd.clients.send import PatternTrack, send
-from streamd.edges.webrtc import restrict_host_addresses
 from streamd.e2e import LOOPBACK, http_get
+from streamd.edges.webrtc import restrict_host_addresses
 from streamd.model.presets import get_preset
 from streamd.wire.schemas import load_schema
 
@@ -179,7 +178,7 @@ def test_client_that_vanishes_is_cleaned_up(daemon: Daemon, tmp_path: Path) -> N
     time.sleep(8)
     sub.proc.terminate()
     out, _ = sub.proc.communicate(timeout=10)
-    ended = [json.loads(l)["event"] for l in out.splitlines() if '"event"' in l]
+    ended = [json.loads(line)["event"] for line in out.splitlines() if '"event"' in line]
     assert any(e["event"] == "session-ended" and e["reason"] == "media-timeout" for e in ended), ended
     assert "setup-timeout" in daemon.log()
     assert daemon.proc.poll() is None
@@ -243,7 +242,7 @@ def test_sigterm_stops_cleanly(daemon: Daemon) -> None:
     asyncio.run(stream_until_stopped())
     sub.proc.terminate()
     out, _ = sub.proc.communicate(timeout=10)
-    ended = [json.loads(l)["event"] for l in out.splitlines() if '"event"' in l]
+    ended = [json.loads(line)["event"] for line in out.splitlines() if '"event"' in line]
     assert any(e["event"] == "session-ended" and e["reason"] == "shutdown" for e in ended), ended
     log = daemon.log()
     assert "stopped" in log and "Traceback" not in log

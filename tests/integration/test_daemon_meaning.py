@@ -75,7 +75,7 @@ def _live_chunks(headers: list[dict], pixels: np.ndarray) -> list[tuple[int, np.
         if h["source"] == "live":
             chunks.setdefault((h.get("generation", 0), h["chunk"]), {})[h["frame_in_chunk"]] = i
     out = []
-    for key, frames in sorted(chunks.items()):
+    for _key, frames in sorted(chunks.items()):
         first = headers[next(iter(frames.values()))]
         if sorted(frames) == list(range(len(frames))) and len(frames) >= 16:
             out.append((first["cond_frame"], pixels[[frames[k] for k in range(len(frames))]]))

@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 import aiomqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from streamd.clients.send import send
 

@@ -171,7 +171,8 @@ def test_slowloris_is_cut_off_and_descriptors_return(tmp_path: Path) -> None:
         socks = []
         started = time.monotonic()
         for i in range(300):  # from 10 loopback addresses, so the total bound is exercised too
-            s = socket.create_connection((LOOPBACK, d.http_port), timeout=5, source_address=(f"127.0.1.{i % 10 + 1}", 0))
+            s = socket.create_connection((LOOPBACK, d.http_port), timeout=5,
+                                         source_address=(f"127.0.1.{i % 10 + 1}", 0))
             s.setblocking(False)
             socks.append(s)
             try:

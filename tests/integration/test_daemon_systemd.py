@@ -26,7 +26,7 @@ def test_notify_sequence_and_watchdog_stall(tmp_path: Path) -> None:
         while not done.is_set():
             try:
                 received.append((time.monotonic(), sock.recv(4096).decode()))
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     reader = threading.Thread(target=collect, daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -175,7 +176,7 @@ def test_issue18_1_the_whep_setup_timeout_is_a_setting_defaulting_to_15_s() -> N
     assert ServeConfig.load(env={"STREAMD_WEBRTC_WHEP_SETUP_TIMEOUT_S": "3"}).webrtc.whep_setup_timeout_s == 3.0
 
 
-def test_issue18_4_11_real_daemon_representative_configs(tmp_path: "Path") -> None:
+def test_issue18_4_11_real_daemon_representative_configs(tmp_path: Path) -> None:
     """Two representative examples of the config property test on a real daemon: a valid config file (with a
     world-readable token file: started, warned with the fix) and a non-finite number (refused at start, named)."""
     import subprocess

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import jsonschema
 import pytest

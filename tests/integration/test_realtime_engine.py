@@ -19,8 +19,8 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from streamd.clients.send import PatternTrack, send
-from streamd.edges.webrtc import restrict_host_addresses
 from streamd.e2e import LOOPBACK
+from streamd.edges.webrtc import restrict_host_addresses
 
 from .conftest import Daemon, Subscriber, start_daemon
 

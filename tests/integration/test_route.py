@@ -17,24 +17,25 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import aiomqtt
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDict
 from yarl import URL
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from streamd.clients.send import PatternTrack
 from streamd.clients.subscribe import endpoint_via
-from streamd.e2e import free_port, http_get
+from streamd.e2e import free_port
 from streamd.edges.webrtc import restrict_host_addresses
 
 from .conftest import LOOPBACK, TEST_ENV, Daemon
-from .test_mqtt import STATUS, Broker, wait_port
+from .test_mqtt import STATUS, Broker
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -280,8 +281,9 @@ def test_four_clients_three_instances_then_503_patch_delete_whep_and_subscribe_v
                 # PATCH goes straight to the owning instance (the router holds no sessions)
                 for p in placed:
                     frag = end_of_candidates(p.pc.localDescription.sdp)
-                    async with http.patch(p.location, data=frag, headers={
-                            **AUTH, "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": p.headers["ETag"]}) as r:
+                    headers = {**AUTH, "Content-Type": "application/trickle-ice-sdpfrag",
+                               "If-Match": p.headers["ETag"]}
+                    async with http.patch(p.location, data=frag, headers=headers) as r:
                         assert r.status == 204, await r.text()
                 session = placed[0].location.rsplit("/", 1)[1]
                 async with http.patch(f"{fleet.router.base}/whip/{session}", data=frag, headers={
@@ -492,7 +494,7 @@ def test_router_added_latency_on_whip_post(fleet: Fleet) -> None:
         headers = {**AUTH, "Content-Type": "application/sdp"}
         through, direct = [], []
         async with aiohttp.ClientSession() as http:
-            for i in range(50):
+            for _ in range(50):
                 for url, samples in ((f"{fleet.router.base}/whip", through), (direct_instance.whip, direct)):
                     started = time.perf_counter()
                     async with http.post(url, data=offer, headers=headers) as r:

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -29,7 +30,7 @@ from streamd.engine.core import ChunkOutput
 from streamd.engine.params import StreamParams
 from streamd.engine.window import Source
 from streamd.media import read_video
-from streamd.wire import FrameHeader, decode_event, decode_frame, encode_event, encode_frame, Event
+from streamd.wire import Event, FrameHeader, decode_event, decode_frame, encode_event, encode_frame
 from streamd.wire.schemas import load_schema
 
 LOOPBACK = "127.0.0.1"

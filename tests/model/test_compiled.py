@@ -6,8 +6,8 @@ small machine, so they are built once). The compile cache goes to a temporary di
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

@@ -76,7 +76,7 @@ def test_cache_holds_pre_rope_k_and_v_of_the_uncached_forward(dit: LongCatVideoD
     try:
         dit(latents, t, text, mask, num_cond_latents=t_c)
     finally:
-        for i, blk in enumerate(dit.blocks):
+        for blk in dit.blocks:
             del blk.attn.qkv_heads
     cache = dit.prefill(cond)
     assert len(seen) == dit.config.depth

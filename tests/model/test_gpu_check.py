@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamd.bench.gpu import _section, add_gpu_check_parser, plan_bytes, run_gpu_check, NoCudaError
+from streamd.bench.gpu import NoCudaError, _section, add_gpu_check_parser, plan_bytes, run_gpu_check
 from streamd.bench.scaling import block_weight_bytes, predict, weight_gather_bytes
 from streamd.model.config import LONGCAT_13B
 from streamd.model.dit import LongCatVideoDiT

@@ -6,8 +6,15 @@ import sys
 
 import pytest
 
-from streamd.edges.auth import (FAILURES_BEFORE_BACKOFF, MAX_CLIENTS, MAX_DELAY_S, WINDOW_S, AuthRefused,
-                                AuthThrottle, TokenCheck)
+from streamd.edges.auth import (
+    FAILURES_BEFORE_BACKOFF,
+    MAX_CLIENTS,
+    MAX_DELAY_S,
+    WINDOW_S,
+    AuthRefused,
+    AuthThrottle,
+    TokenCheck,
+)
 
 
 class Clock:

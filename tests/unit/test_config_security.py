@@ -40,7 +40,8 @@ def test_every_refusal_at_start_names_the_setting_and_the_fix(overrides: dict, m
 
 
 def test_what_is_accepted_off_loopback() -> None:
-    assert ServeConfig.load(env={"STREAMD_HTTP_TOKEN": TOKEN}, overrides={"http.host": "0.0.0.0"}).unauthenticated() == []
+    config = ServeConfig.load(env={"STREAMD_HTTP_TOKEN": TOKEN}, overrides={"http.host": "0.0.0.0"})
+    assert config.unauthenticated() == []
     # any one role token is authentication (every door then needs a token)
     assert ServeConfig.load(overrides={"http.host": "::", "http.view_token": TOKEN}).unauthenticated() == []
     c = ServeConfig.load(overrides={"mqtt.broker": "192.0.2.9:8883", "mqtt.tls": True, "mqtt.username": "u",

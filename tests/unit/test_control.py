@@ -8,8 +8,9 @@ import asyncio
 import copy
 import json
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from jsonschema import Draft202012Validator

@@ -7,8 +7,17 @@ import json
 import pytest
 
 from streamd.cli import main
-from streamd.engine.plan import (GiB, DiTParams, PlanSettings, activation_bytes, cheapest_fix, dit_weight_bytes,
-                                 kv_cache_bytes, make_plan, parse_bytes)
+from streamd.engine.plan import (
+    DiTParams,
+    GiB,
+    PlanSettings,
+    activation_bytes,
+    cheapest_fix,
+    dit_weight_bytes,
+    kv_cache_bytes,
+    make_plan,
+    parse_bytes,
+)
 from streamd.model.config import LONGCAT_13B
 from streamd.model.shape import model_shape
 

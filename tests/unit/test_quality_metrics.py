@@ -10,8 +10,8 @@ import pytest
 from streamd.bench.quality import (
     copy_last,
     crossing_scenes,
-    object_centroids,
     linear_extrapolation,
+    object_centroids,
     phase_shift,
     pool,
     psnr,
