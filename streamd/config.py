@@ -166,6 +166,16 @@ def _zmq_host(endpoint: str) -> str | None:
     return endpoint[len("tcp://"):].rsplit(":", 1)[0]
 
 
+def read_toml(file: Path) -> dict[str, Any]:
+    """A config file's TOML as a dict; ConfigError (naming the file) when it is missing or not TOML."""
+    try:
+        return tomllib.loads(Path(file).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything `streamd serve` needs."""
@@ -289,13 +299,7 @@ class ServeConfig:
         """Merge defaults, the TOML file, STREAMD_* variables and flag overrides ("section.key" -> value)."""
         raw: dict[str, dict[str, tuple[Any, str]]] = {}
         if file is not None:
-            try:
-                data = tomllib.loads(Path(file).read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file {file} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-            for key, value in data.items():
+            for key, value in read_toml(file).items():
                 if isinstance(value, dict):
                     for sub, v in value.items():
                         _put(raw, f"{key}.{sub}", v, str(file))

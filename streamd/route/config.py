@@ -11,7 +11,6 @@ checks the same tokens with the same roles as the instances behind it, then forw
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..config import (
     _resolve_secrets,
     _with_sources,
     is_loopback_host,
+    read_toml,
 )
 from ..errors import ConfigError
 from .fleet import DEFAULT_MAX_INSTANCES
@@ -92,13 +92,7 @@ class RouteConfig:
         """Merge defaults, the TOML file, STREAMD_ROUTE_* variables and flag overrides ("section.key" -> value)."""
         raw: dict[str, dict[str, tuple[Any, str]]] = {"http": {"port": (DEFAULT_PORT, "default")}}
         if file is not None:
-            try:
-                data = tomllib.loads(Path(file).read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file {file} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-            for key, value in data.items():
+            for key, value in read_toml(file).items():
                 if isinstance(value, dict):
                     if key not in ("http", "mqtt"):
                         raise ConfigError(f"config: unknown section {key} (from {file})")
