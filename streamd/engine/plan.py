@@ -17,8 +17,9 @@ The terms, with `it` the compute dtype's bytes (2: bf16 on CUDA, 4: fp32 on CPU)
   overlap: the decode runs after the chunk's last step has freed its activations). See `activation_bytes` and
   `codec_peak_bytes` for the formulas and what they were measured against.
 - Runtime: what the process costs beyond its tensors (CUDA context and library workspaces; on CPU the kernels,
-  thread pools that loading and the first step bring in once streamd is imported, measured at 17-27 MB with
-  torch 2.13; what glibc's allocator keeps after frees varies from run to run and is not counted).
+  thread pools that loading and the first step bring in once streamd is imported, measured at 50-58 MiB with
+  torch 2.13 in a fresh install; what glibc's allocator keeps after frees varies from run to run and is not
+  counted).
 - Per stream: its KV cache (heads / N per rank), its latent window and chunk, and on CPU its frame windows
   (on a GPU those are host memory).
 - Budget: the capacity given (`--gpu-memory`, or free device memory / available host RAM measured before
@@ -44,9 +45,10 @@ GUIDANCE_BATCH = 2  # [uncond ; cond]: any stream may turn guidance on, so every
 PROMPT_CACHE_ENTRIES = 64  # prompts kept per model (model/bundle.py uses this bound)
 BLOCKS_IN_FLIGHT = 2  # sharded weights: one block computing, the next one prefetched
 CUDA_RUNTIME_BYTES = 1 * GiB  # CUDA context + cuBLAS/cuDNN workspaces (an estimate, not measured here)
-# RSS for kernels and thread pools that loading and a first step add to an imported streamd: measured 17-27 MB
-# (torch 2.13, small and tiny-random, glibc's mmap threshold fixed; tests/model/test_plan_model.py)
-CPU_RUNTIME_BYTES = 24 * MiB
+# RSS for kernels and thread pools that loading and a first step add to an imported streamd, in a freshly installed
+# environment: measured 50-58 MiB (torch 2.13, small and tiny-random, glibc's mmap threshold fixed;
+# tests/model/test_plan_model.py). One long-used development venv measured 32 MiB less; the cause is not known.
+CPU_RUNTIME_BYTES = 56 * MiB
 CUDA_RESERVE_FRACTION = 0.05  # of the capacity, kept back for the caching allocator's fragmentation
 MAX_RANKS = 8  # the largest group `more ranks` suggests (one host)
 # bytes per output row beside the 1-byte weights, as torchao 0.18 stores them: int8 an fp32 scale and an int8 zero

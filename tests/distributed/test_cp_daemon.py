@@ -185,17 +185,26 @@ def test_three_chunks_on_two_ranks_equal_one_rank_through_the_daemon(tmp_path: P
     """WHIP in, ZeroMQ out: chunk 1 from live frames, chunks 2-4 from the stream's own output (pixel chaining),
     on one rank and on two, are the same frames."""
     clip = _flat_clip(tmp_path / "grey.mp4")
-    runs = []
-    for n in (1, 2):
-        daemon = start_daemon(tmp_path, "--context-parallel", str(n), "--max-streams", "1",
-                              env={"STREAMD_ENGINE_STEPS": "2"})
-        try:
-            png = tmp_path / f"png{n}"
-            png.mkdir()
-            runs.append(_seeded_session(daemon, clip, png, chunks=4))
-        finally:
-            daemon.kill()
-    one, two = (np.stack(r).astype(np.int16) for r in runs)
+    # Chunk 1 is conditioned on what WebRTC delivered, and a loaded machine can code even a flat grey differently
+    # (in CI once 24 levels apart): a pair of runs whose first chunks differ had different input and says nothing
+    # about the ranks, so it is run again (at most 3 pairs). Chunks 2-4 depend only on chunk 1 and the seed.
+    for attempt in range(3):
+        runs = []
+        for n in (1, 2):
+            daemon = start_daemon(tmp_path, "--context-parallel", str(n), "--max-streams", "1",
+                                  env={"STREAMD_ENGINE_STEPS": "2"})
+            try:
+                png = tmp_path / f"png{attempt}-{n}"
+                png.mkdir()
+                runs.append(_seeded_session(daemon, clip, png, chunks=4))
+            finally:
+                daemon.kill()
+        one, two = (np.stack(r).astype(np.int16) for r in runs)
+        if np.array_equal(one[:16], two[:16]):
+            break
+        print(f"pair {attempt + 1}: the first chunks differ (different live input); running the pair again")
+    else:
+        raise AssertionError("three pairs of runs got different live input for their first chunk")
     for k in range(4):
         level = int(np.abs(one[16 * k:16 * (k + 1)] - two[16 * k:16 * (k + 1)]).max())
         print(f"chunk {k + 1}: max level difference, 1 rank against 2: {level}")
