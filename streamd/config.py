@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .engine.params import EngineConfig
 from .engine.plan import SHARD_MODES, TEXT_PLACES, WEIGHT_FORMATS, parse_bytes
@@ -164,6 +164,22 @@ def _zmq_host(endpoint: str) -> str | None:
     if not endpoint.startswith("tcp://"):
         return None
     return endpoint[len("tcp://"):].rsplit(":", 1)[0]
+
+
+T = TypeVar("T")
+
+def build_config(cls: type[T], raw: dict[str, dict[str, tuple[Any, str]]], env: Mapping[str, str] | None,
+                 overrides: Mapping[str, Any] | None) -> T:
+    """The last steps of every config load: flag overrides win, secrets resolve, the tree is built and checked
+    (errors name each setting's source)."""
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _put(raw, key, value, "command line")
+    _resolve_secrets(raw, (env or {}).get("CREDENTIALS_DIRECTORY"))
+    try:
+        return _build(cls, raw.get("", {}), raw)
+    except ConfigError as exc:
+        raise ConfigError(_with_sources(str(exc), raw)) from None
 
 
 def read_toml(file: Path) -> dict[str, Any]:
@@ -309,14 +325,7 @@ class ServeConfig:
             # STREAMD_ROUTE_* belong to `streamd route` (streamd/route/config.py): one environment may serve both
             if name.startswith(ENV_PREFIX) and not name.startswith(ROUTE_ENV_PREFIX):
                 _put(raw, _env_key(name), value, name)
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                _put(raw, key, value, "command line")
-        _resolve_secrets(raw, (env or {}).get("CREDENTIALS_DIRECTORY"))
-        try:
-            return _build(cls, raw.get("", {}), raw)
-        except ConfigError as exc:
-            raise ConfigError(_with_sources(str(exc), raw)) from None
+        return build_config(cls, raw, env, overrides)
 
 
 def _with_sources(message: str, raw: Mapping[str, Mapping[str, tuple[Any, str]]]) -> str:

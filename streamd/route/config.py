@@ -22,11 +22,9 @@ from ..config import (
     ROUTE_ENV_PREFIX,
     HttpSettings,
     MqttSettings,
-    _build,
     _check,
     _put,
-    _resolve_secrets,
-    _with_sources,
+    build_config,
     is_loopback_host,
     read_toml,
 )
@@ -110,11 +108,4 @@ class RouteConfig:
                 else:
                     key = rest
                 _put(raw, key, value, name)
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                _put(raw, key, value, "command line")
-        _resolve_secrets(raw, (env or {}).get("CREDENTIALS_DIRECTORY"))
-        try:
-            return _build(cls, raw.get("", {}), raw)
-        except ConfigError as exc:
-            raise ConfigError(_with_sources(str(exc), raw)) from None
+        return build_config(cls, raw, env, overrides)
